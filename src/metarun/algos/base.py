@@ -1,0 +1,124 @@
+"""The contract every algorithm implements, and the outer objective they share.
+
+A meta-learner is a tuple of pure functions (in the spirit of optax's
+``GradientTransformation``):
+
+* ``init(params) -> meta_params``: wrap the model's initial parameters with
+  whatever else is meta-learned (Meta-SGD's learning rates, ...);
+* ``adapt(meta_params, support_x, support_y, num_steps) -> task_params``: learn
+  from one task's support set (``num_steps`` is static: it sets the scan length);
+* ``predict(meta_params, task_params, query_x) -> predictions``;
+* ``outer_grad`` (optional): the meta-gradient of a meta-batch, for algorithms
+  whose update is not the gradient of the query loss (Reptile).
+
+The shared outer objective adapts on each support set, scores on the query set,
+and averages over the tasks of a meta-batch with ``jax.vmap``:
+
+    L(θ) = 1/T Σ_t L_query_t(adapt(θ, support_t)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from metarun.types import Array, Episode, Objective, Params
+
+MetaParams = Any
+TaskParams = Any
+
+
+class MetaLearner(NamedTuple):
+    init: Callable[[Params], MetaParams]
+    adapt: Callable[[MetaParams, Array, Array, int], TaskParams]
+    predict: Callable[[MetaParams, TaskParams, Array], Array]
+    outer_grad: Callable[[MetaParams, Episode, int], tuple[MetaParams, dict]] | None = None
+
+
+def predict_with_adapted(apply_fn: Callable[[Params, Array], Array]):
+    """``predict`` for learners whose task parameters are the adapted model parameters."""
+
+    def predict(meta_params: MetaParams, adapted: Params, query_x: Array) -> Array:
+        del meta_params
+        return apply_fn(adapted, query_x)
+
+    return predict
+
+
+def gradient_descent(
+    loss: Callable[[Params], Array],
+    params: Params,
+    lr: float | Params,
+    num_steps: int,
+    first_order: bool = False,
+) -> Params:
+    """``num_steps`` of θ ← θ − α ∇L(θ), as a ``lax.scan``.
+
+    Args:
+      loss: the inner loss as a function of the adapted parameters.
+      params: the starting point θ.
+      lr: the step size α, a scalar or a pytree shaped like ``params`` (Meta-SGD).
+      num_steps: number of steps (0 returns ``params``).
+      first_order: treat each inner gradient as a constant, so that the derivative of
+        the result with respect to ``params`` is the identity (first-order MAML).
+
+    Returns:
+      The adapted parameters. Differentiating through them gives the full
+      second-order meta-gradient unless ``first_order``.
+    """
+    per_parameter = jax.tree.structure(lr) == jax.tree.structure(params)
+    lrs = lr if per_parameter else jax.tree.map(lambda _: lr, params)
+
+    def step(p, _):
+        grads = jax.grad(loss)(p)
+        if first_order:
+            grads = jax.lax.stop_gradient(grads)
+        return jax.tree.map(lambda p, g, a: p - a * g, p, grads, lrs), None
+
+    adapted, _ = jax.lax.scan(step, params, None, length=num_steps)
+    return adapted
+
+
+def task_metrics(
+    learner: MetaLearner,
+    objective: Objective,
+    meta_params: MetaParams,
+    episode: Episode,
+    num_steps: int,
+) -> dict[str, Array]:
+    """Adapt on one episode's support set; metrics of the adapted learner on its query set."""
+    task_params = learner.adapt(meta_params, episode.support_x, episode.support_y, num_steps)
+    predictions = learner.predict(meta_params, task_params, episode.query_x)
+    return objective.metrics(predictions, episode.query_y)
+
+
+def outer_loss(
+    learner: MetaLearner,
+    objective: Objective,
+    meta_params: MetaParams,
+    episodes: Episode,
+    num_steps: int,
+) -> tuple[Array, dict[str, Array]]:
+    """Mean post-adaptation query loss over a meta-batch (leading axis of ``episodes``)."""
+    per_task = jax.vmap(lambda e: task_metrics(learner, objective, meta_params, e, num_steps))
+    metrics = jax.tree.map(jnp.mean, per_task(episodes))
+    return metrics["loss"], metrics
+
+
+def outer_grad(
+    learner: MetaLearner,
+    objective: Objective,
+    meta_params: MetaParams,
+    episodes: Episode,
+    num_steps: int,
+) -> tuple[MetaParams, dict[str, Array]]:
+    """The meta-gradient of a meta-batch and its metrics (the learner's own, if it has one)."""
+    if learner.outer_grad is not None:
+        return learner.outer_grad(meta_params, episodes, num_steps)
+    grad_fn = jax.grad(
+        lambda mp: outer_loss(learner, objective, mp, episodes, num_steps), has_aux=True
+    )
+    return grad_fn(meta_params)

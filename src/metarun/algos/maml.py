@@ -1,0 +1,49 @@
+"""MAML and first-order MAML.
+
+    θ' = θ − α ∇θ L_support(θ)      (``inner_steps`` times)
+    meta-gradient: ∇θ L_query(θ')   (through the inner loop: second order)
+
+First-order MAML (Finn et al. 2017, §5.2) is the same function with each inner
+gradient treated as a constant, so the meta-gradient becomes ∇θ' L_query(θ').
+
+Reference: Finn, Abbeel, Levine. "Model-Agnostic Meta-Learning for Fast
+Adaptation of Deep Networks". ICML 2017. https://arxiv.org/abs/1703.03400
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from metarun.algos import algos
+from metarun.algos.base import MetaLearner, gradient_descent, predict_with_adapted
+from metarun.types import Objective
+
+
+def maml(apply_fn, loss_fn, *, inner_lr: float, first_order: bool = False) -> MetaLearner:
+    """MAML: the meta-parameters are the model's initial parameters θ.
+
+    Args:
+      apply_fn: ``(params, x) -> predictions``.
+      loss_fn: ``(predictions, targets) -> scalar`` inner loss.
+      inner_lr: the inner step size α.
+      first_order: drop the second-order terms of the meta-gradient.
+    """
+
+    def adapt(params, support_x, support_y, num_steps):
+        def support_loss(p):
+            return loss_fn(apply_fn(p, support_x), support_y)
+
+        return gradient_descent(support_loss, params, inner_lr, num_steps, first_order)
+
+    return MetaLearner(
+        init=lambda params: params, adapt=adapt, predict=predict_with_adapted(apply_fn)
+    )
+
+
+fomaml = partial(maml, first_order=True)
+
+
+@algos.register("maml")
+@algos.register("fomaml")
+def from_config(cfg, apply_fn, objective: Objective) -> MetaLearner:
+    return maml(apply_fn, objective.loss, inner_lr=cfg.inner_lr, first_order=cfg.first_order)

@@ -1,0 +1,42 @@
+"""The ``metarun`` command: Hydra composes ``conf/``, then :func:`metarun.train.train` runs.
+
+The Hydra wrapper stays thin so that ``train(config, run_dir)`` is testable; it
+returns the final test metric so sweepers can optimise it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from metarun.config import ConfigError, conf_dir, register_configs, validate
+
+
+@hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
+def _run(cfg: DictConfig) -> float:
+    from metarun.train import build, train
+
+    try:
+        config = validate(cfg)
+        build(config)  # factories check what the schema cannot (e.g. Reptile is first-order)
+    except ConfigError as err:
+        print(f"metarun: invalid config: {err}", file=sys.stderr)
+        sys.exit(2)
+    result = train(config, Path(HydraConfig.get().runtime.output_dir))
+    return result["mean"]
+
+
+def main() -> None:
+    # JAX logs at INFO that it found no TPU; Hydra's job logging would print it on every run.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    register_configs()
+    _run()
+
+
+if __name__ == "__main__":
+    main()

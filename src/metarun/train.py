@@ -1,0 +1,232 @@
+"""The meta-training loop shared by every algorithm.
+
+Read top to bottom: build the pieces from the config, then the meta-step (one
+jitted pure function: sample a meta-batch on the device, vmap the algorithm's
+inner loop over tasks, one optax update), then the loop that calls it and fetches
+metrics only every ``trainer.log_every`` steps, then the final meta-test.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from metarun import algos, data, models, optim
+from metarun import logger as loggers
+from metarun.algos.base import MetaLearner, outer_grad
+from metarun.config import Config
+from metarun.evaluate import episode_keys, evaluate, make_evaluator
+from metarun.types import PRNGKey, TaskSource
+
+log = logging.getLogger(__name__)
+
+
+class TrainState(NamedTuple):
+    step: jax.Array  # int32 scalar: outer updates done
+    meta_params: Any
+    opt_state: optax.OptState
+
+
+class Experiment(NamedTuple):
+    """What a config builds: the task source, model, meta-learner and outer optimizer."""
+
+    config: Config
+    source: TaskSource
+    model: nn.Module
+    learner: MetaLearner
+    optimizer: optax.GradientTransformation
+
+
+# ---------------------------------------------------------------- Build ----
+
+
+def build(config: Config) -> Experiment:
+    source = data.make(config.data)
+    model = models.make(config.model, source.output_dim)
+
+    def apply_fn(params, x):
+        return model.apply({"params": params}, x)
+
+    learner = algos.make(config.algo, apply_fn, source.objective)
+    optimizer = optim.make(config.optim, config.trainer.steps)
+    return Experiment(config, source, model, learner, optimizer)
+
+
+def rng_streams(seed: int) -> tuple[PRNGKey, PRNGKey]:
+    """(init key, training key); step ``s`` samples its meta-batch from fold_in(train, s)."""
+    init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
+    return init_key, train_key
+
+
+def init_state(exp: Experiment, key: PRNGKey) -> TrainState:
+    model_key, episode_key = jax.random.split(key)
+    example = exp.source.samplers["train"](episode_key)
+    params = exp.model.init(model_key, example.support_x)["params"]
+    meta_params = exp.learner.init(params)
+    return TrainState(jnp.zeros((), jnp.int32), meta_params, exp.optimizer.init(meta_params))
+
+
+# ---------------------------------------------------------- Meta-step ----
+
+
+def make_meta_step(exp: Experiment):
+    """``meta_step(state, train_key) -> (state, metrics)``, pure; jit it at the call site."""
+    sample = exp.source.samplers["train"]
+    meta_batch = exp.config.trainer.meta_batch
+    inner_steps = exp.config.algo.inner_steps
+
+    def meta_step(state: TrainState, train_key: PRNGKey):
+        key = jax.random.fold_in(train_key, state.step)
+        episodes = jax.vmap(sample)(jax.random.split(key, meta_batch))
+        grads, metrics = outer_grad(
+            exp.learner, exp.source.objective, state.meta_params, episodes, inner_steps
+        )
+        updates, opt_state = exp.optimizer.update(grads, state.opt_state, state.meta_params)
+        meta_params = optax.apply_updates(state.meta_params, updates)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        return TrainState(state.step + 1, meta_params, opt_state), metrics
+
+    return meta_step
+
+
+def compile_meta_step(exp: Experiment, state: TrainState, train_key: PRNGKey):
+    """Ahead-of-time compile with the state donated; returns (compiled step, seconds).
+
+    A compiled executable cannot silently recompile: a changed shape or dtype
+    raises instead, so every step after the first runs the same program.
+    """
+    start = time.perf_counter()
+    compiled = jax.jit(make_meta_step(exp), donate_argnums=0).lower(state, train_key).compile()
+    return compiled, time.perf_counter() - start
+
+
+# ---------------------------------------------------------- Train loop ----
+
+
+def _fetch(pending: list[dict]) -> dict[str, float]:
+    """Mean of each metric over the steps since the last log: one device->host transfer."""
+    stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *pending))
+    return {k: float(np.mean(v)) for k, v in stacked.items()}
+
+
+def train(config: Config, run_dir: Path) -> dict[str, Any]:
+    """Meta-train, meta-test and write ``metrics.jsonl``, ``result.json`` and plots to run_dir."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    exp = build(config)
+    trainer, eval_cfg = config.trainer, config.eval
+    objective = exp.source.objective
+    init_key, train_key = rng_streams(config.seed)
+    state = init_state(exp, init_key)
+    meta_step, compile_sec = compile_meta_step(exp, state, train_key)
+    log.info("meta-step compiled in %.1f s", compile_sec)
+
+    val_eval = make_evaluator(
+        exp.learner,
+        objective,
+        exp.source.samplers["val"],
+        inner_steps=eval_cfg.inner_steps,
+        batch=eval_cfg.batch,
+    )
+    val_keys = episode_keys(eval_cfg.seed, "val", eval_cfg.val_episodes)
+    metric = objective.metric
+
+    tracker = loggers.make(config.logger, run_dir)
+    history: list[dict[str, Any]] = []
+    pending: list[dict] = []
+    last_time, last_step = time.perf_counter(), 0
+    start = last_time
+    bar = tqdm(total=trainer.steps, unit="step", disable=not trainer.progress, dynamic_ncols=True)
+    try:
+        for step in range(1, trainer.steps + 1):
+            state, metrics = meta_step(state, train_key)
+            pending.append(metrics)
+            bar.update()
+            if step % trainer.log_every and step != trainer.steps:
+                continue
+            record = {"step": step, **_fetch(pending)}
+            if not np.isfinite(record["loss"]):
+                raise FloatingPointError(
+                    f"non-finite meta-training loss between steps {step - len(pending) + 1} "
+                    f"and {step}; lower optim.lr or algo.inner_lr"
+                )
+            record["steps_per_sec"] = (step - last_step) / (time.perf_counter() - last_time)
+            record["tasks_per_sec"] = record["steps_per_sec"] * trainer.meta_batch
+            pending, last_step = [], step
+            if trainer.val_every and step % trainer.val_every == 0:
+                val = evaluate(val_eval, state.meta_params, val_keys, metric)
+                record.update({f"val_{metric}": val.mean, f"val_{metric}_ci95": val.ci95})
+            tracker.log(record)
+            last_time = time.perf_counter()  # validation and logging are not training speed
+            history.append(record)
+            bar.set_postfix(
+                {k: f"{v:.4g}" for k, v in record.items() if k in ("loss", metric, f"val_{metric}")}
+            )
+        train_sec = time.perf_counter() - start
+    finally:
+        bar.close()
+        tracker.close()
+
+    result = _meta_test(exp, state.meta_params)
+    result.update(
+        compile_sec=compile_sec,
+        train_sec=train_sec,
+        steps=trainer.steps,
+        algo=config.algo.name,
+        data=config.data.name,
+        seed=config.seed,
+    )
+    (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    log.info(
+        "test %s after %d steps: %.4f ± %.4f (95%% CI, %d episodes; before adaptation %.4f)",
+        metric,
+        result["inner_steps"],
+        result["mean"],
+        result["ci95"],
+        result["episodes"],
+        result["pre_adaptation_mean"],
+    )
+    _plot(exp, state.meta_params, history, run_dir)
+    return result
+
+
+# ----------------------------------------------------------- Meta-test ----
+
+
+def _meta_test(exp: Experiment, meta_params) -> dict[str, Any]:
+    """Final evaluation on the test split, after ``eval.inner_steps`` and before adapting."""
+    eval_cfg, objective = exp.config.eval, exp.source.objective
+    keys = episode_keys(eval_cfg.seed, "test", eval_cfg.episodes)
+    result: dict[str, Any] = {"metric": objective.metric}
+    for steps, prefix in ((eval_cfg.inner_steps, ""), (0, "pre_adaptation_")):
+        evaluator = make_evaluator(
+            exp.learner,
+            objective,
+            exp.source.samplers["test"],
+            inner_steps=steps,
+            batch=eval_cfg.batch,
+        )
+        outcome = evaluate(evaluator, meta_params, keys, objective.metric)
+        result[f"{prefix}mean"], result[f"{prefix}ci95"] = outcome.mean, outcome.ci95
+    result.update(episodes=eval_cfg.episodes, inner_steps=eval_cfg.inner_steps, split="test")
+    return result
+
+
+def _plot(exp: Experiment, meta_params, history: list[dict], run_dir: Path) -> None:
+    from metarun.plots import plot_learning_curves
+
+    if history:
+        plot_learning_curves(history, exp.source.objective.metric, run_dir / "learning_curves.png")
+    if exp.source.plot is not None:
+        exp.source.plot(
+            exp.learner, meta_params, exp.config.eval.inner_steps, run_dir / "adaptation.png"
+        )

@@ -1,0 +1,80 @@
+"""The data that flows between task sources, algorithms and the train loop.
+
+An :class:`Episode` is one few-shot task: a support set to adapt on and a query
+set to score the adapted learner on. Every field is a fixed-shape array, so a
+meta-batch is just ``jax.vmap`` of a task source over keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Params = Any  # a pytree of arrays
+PRNGKey = jax.Array
+
+
+class Episode(NamedTuple):
+    """One task. ``*_x``: ``[n, *input_shape]``; ``*_y``: ``[n]`` labels or ``[n, d]`` targets."""
+
+    support_x: Array
+    support_y: Array
+    query_x: Array
+    query_y: Array
+
+
+class Objective(NamedTuple):
+    """How predictions are scored; a property of the data, shared by every algorithm.
+
+    Attributes:
+      loss: ``(predictions, targets) -> scalar``, mean over the set; the inner and outer loss.
+      metrics: ``(predictions, targets) -> dict`` of scalars, always with ``"loss"``.
+      metric: name of the headline metric in ``metrics`` (reported in ``result.json``).
+    """
+
+    loss: Callable[[Array, Array], Array]
+    metrics: Callable[[Array, Array], dict[str, Array]]
+    metric: str
+
+
+def mse(predictions: Array, targets: Array) -> Array:
+    return jnp.mean(jnp.square(predictions - targets))
+
+
+def _regression_metrics(predictions: Array, targets: Array) -> dict[str, Array]:
+    loss = mse(predictions, targets)
+    return {"loss": loss, "mse": loss}
+
+
+def cross_entropy(logits: Array, labels: Array) -> Array:
+    log_probs = jax.nn.log_softmax(logits)
+    return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=-1))
+
+
+def _classification_metrics(logits: Array, labels: Array) -> dict[str, Array]:
+    accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+    return {"loss": cross_entropy(logits, labels), "accuracy": accuracy}
+
+
+REGRESSION = Objective(loss=mse, metrics=_regression_metrics, metric="mse")
+CLASSIFICATION = Objective(loss=cross_entropy, metrics=_classification_metrics, metric="accuracy")
+
+
+class TaskSource(NamedTuple):
+    """A dataset seen as a distribution over episodes, one sampler per split.
+
+    Attributes:
+      samplers: split name -> pure, jittable ``key -> Episode``.
+      objective: how the episodes are scored.
+      output_dim: size of the model's output (1 for regression, ``ways`` for classification).
+      plot: optional ``(learner, meta_params, inner_steps, path) -> None`` drawing adaptation.
+    """
+
+    samplers: dict[str, Callable[[PRNGKey], Episode]]
+    objective: Objective
+    output_dim: int
+    plot: Callable[..., None] | None = None

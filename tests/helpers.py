@@ -1,0 +1,57 @@
+"""Small shared pieces for tests: a tiny MLP regression problem in closed form."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from metarun.types import REGRESSION, Episode
+
+
+def tiny_mlp_params(key, dtype=jnp.float32, width: int = 4):
+    """A 1-width-1 tanh MLP with a ``head`` layer (smooth, so finite differences are clean)."""
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    return {
+        "Dense_0": {
+            "kernel": jax.random.normal(k1, (1, width), dtype),
+            "bias": 0.1 * jax.random.normal(k2, (width,), dtype),
+        },
+        "head": {
+            "kernel": jax.random.normal(k3, (width, 1), dtype) / 2,
+            "bias": 0.1 * jax.random.normal(k4, (1,), dtype),
+        },
+    }
+
+
+def tiny_mlp_apply(params, x):
+    h = jnp.tanh(x @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"])
+    return h @ params["head"]["kernel"] + params["head"]["bias"]
+
+
+def tiny_episodes(key, tasks: int, dtype=jnp.float32, shots: int = 5, queries: int = 7):
+    """Sinusoid-like regression episodes with a leading task axis."""
+    ka, kp, ks, kq = jax.random.split(key, 4)
+    amp = jax.random.uniform(ka, (tasks, 1, 1), dtype, 0.5, 2.0)
+    phase = jax.random.uniform(kp, (tasks, 1, 1), dtype, 0.0, 3.0)
+    sx = jax.random.uniform(ks, (tasks, shots, 1), dtype, -3.0, 3.0)
+    qx = jax.random.uniform(kq, (tasks, queries, 1), dtype, -3.0, 3.0)
+    return Episode(sx, amp * jnp.sin(sx - phase), qx, amp * jnp.sin(qx - phase))
+
+
+def task(episodes: Episode, t: int) -> Episode:
+    return jax.tree.map(lambda a: a[t], episodes)
+
+
+def flat(tree) -> jnp.ndarray:
+    return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree.leaves(tree)])
+
+
+OBJECTIVE = REGRESSION
+
+
+def support_loss(params, e: Episode):
+    return OBJECTIVE.loss(tiny_mlp_apply(params, e.support_x), e.support_y)
+
+
+def query_loss(params, e: Episode):
+    return OBJECTIVE.loss(tiny_mlp_apply(params, e.query_x), e.query_y)

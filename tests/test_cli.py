@@ -1,0 +1,76 @@
+"""The `metarun` command as a user types it (subprocesses on the installed console script)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from metarun.report import collect, markdown
+from tests.conftest import FAST
+
+METARUN = str(Path(sys.executable).with_name("metarun"))
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run(
+        [METARUN, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_default_command_writes_a_run_dir(tmp_path):
+    proc = run(*FAST, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "run/result.json").read_text())
+    assert result["metric"] == "mse" and result["inner_steps"] == 10
+    assert "test mse after 10 steps" in proc.stdout + proc.stderr
+    assert (tmp_path / "run/.hydra/config.yaml").exists()
+    assert "tpu" not in (proc.stdout + proc.stderr).lower()
+
+
+def test_multirun_sweeps_algorithms_and_shots(tmp_path):
+    proc = run(
+        "-m",
+        "algo=maml,reptile",
+        "data.shots=5,10",
+        *FAST,
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = collect(tmp_path / "sweep")
+    assert [(r["algo"], r["overrides"].split()[:2]) for r in rows] == [
+        ("maml", ["algo=maml", "data.shots=5"]),
+        ("maml", ["algo=maml", "data.shots=10"]),
+        ("reptile", ["algo=reptile", "data.shots=5"]),
+        ("reptile", ["algo=reptile", "data.shots=10"]),
+    ]
+    table = markdown(rows)
+    assert table.count("\n") == 5 and table.count("| mse |") == 4
+
+
+def test_unknown_algorithm_lists_the_choices(tmp_path):
+    proc = run("algo=mamll", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "Could not find 'algo/mamll'" in proc.stderr
+    assert "Available options in 'algo':" in proc.stderr and "\tfomaml" in proc.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_bad_value_exits_2_naming_the_key(tmp_path):
+    for override, key in (
+        ("algo.inner_lr=-1", "algo.inner_lr"),
+        ("data.shots=0", "data.shots"),
+        ("trainer.meta_batch=0", "trainer.meta_batch"),
+    ):
+        proc = run(override, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert f"metarun: invalid config: {key}=" in proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_cfg_job_prints_the_composed_config(tmp_path):
+    proc = run("--cfg", "job", "algo=anil", cwd=tmp_path)
+    assert proc.returncode == 0
+    assert "name: anil" in proc.stdout and "inner_steps: 10" in proc.stdout

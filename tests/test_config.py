@@ -1,0 +1,74 @@
+"""The real conf/: every choice composes, validates and builds; bad values name the key."""
+
+import pytest
+from hydra.errors import ConfigCompositionException, MissingConfigException
+
+from metarun.config import ConfigError, compose, conf_dir, validate
+from metarun.train import build
+
+GROUPS = ["algo", "data", "model", "optim", "trainer", "eval", "logger"]
+CHOICES = [(g, p.stem) for g in GROUPS for p in sorted((conf_dir() / g).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize(("group", "choice"), CHOICES)
+def test_every_choice_composes_and_builds(group, choice):
+    override = f"{group}=[{choice}]" if group == "logger" else f"{group}={choice}"
+    config = validate(compose([override]))
+    build(config)
+
+
+def test_defaults_are_the_paper_setting():
+    config = validate(compose([]))
+    assert (config.algo.name, config.algo.inner_lr, config.algo.inner_steps) == ("maml", 0.01, 1)
+    assert (config.data.name, config.data.shots) == ("sinusoid", 10)
+    assert config.model.hidden == [40, 40]
+    assert (config.optim.name, config.optim.lr, config.trainer.meta_batch) == ("adam", 1e-3, 25)
+    assert (config.eval.episodes, config.eval.inner_steps) == (600, 10)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.shots=0", "data.shots=0 is invalid: must be >= 1"),
+        ("data.queries=0", "data.queries=0 is invalid"),
+        ("algo.inner_lr=0", "algo.inner_lr=0.0 is invalid: must be > 0"),
+        ("algo.inner_lr=-0.5", "algo.inner_lr=-0.5 is invalid"),
+        ("algo.inner_steps=-1", "algo.inner_steps=-1 is invalid"),
+        ("trainer.meta_batch=0", "trainer.meta_batch=0 is invalid: must be >= 1"),
+        ("trainer.steps=-5", "trainer.steps=-5 is invalid"),
+        ("trainer.val_every=7", "trainer.val_every=7 is invalid: must be 0 or a multiple of"),
+        ("optim.lr=0", "optim.lr=0.0 is invalid"),
+        (
+            "optim.name=rmsprop",
+            "optim.name='rmsprop' is invalid: allowed values are adam, adamw, sgd",
+        ),
+        ("optim.schedule=linear", "allowed values are constant, cosine"),
+        ("optim.momentum=0.9", "optim.momentum=0.9 is invalid: is only used by optim=sgd"),
+        ("model.activation=swish", "allowed values are relu, tanh, gelu"),
+        ("eval.episodes=1", "eval.episodes=1 is invalid"),
+        ("data.x_min=6", "data.x_min=6.0 is invalid: must be < data.x_max=5.0"),
+    ],
+)
+def test_bad_values_fail_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        validate(compose([override]))
+    assert message in str(err.value)
+
+
+def test_reptile_must_be_first_order():
+    with pytest.raises(ConfigError, match="algo.first_order=False is invalid: Reptile"):
+        build(validate(compose(["algo=reptile", "algo.first_order=false"])))
+
+
+def test_unknown_choice_lists_the_valid_ones():
+    with pytest.raises(MissingConfigException) as err:
+        compose(["algo=mamll"])
+    for name in ("anil", "fomaml", "maml", "metasgd", "reptile"):
+        assert f"\t{name}" in str(err.value)
+
+
+def test_unknown_key_and_wrong_type_fail_at_composition():
+    with pytest.raises(ConfigCompositionException, match="algo.inner_lrr"):
+        compose(["algo.inner_lrr=0.1"])
+    with pytest.raises(ConfigCompositionException, match="algo.inner_lr=abc"):
+        compose(["algo.inner_lr=abc"])

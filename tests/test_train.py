@@ -1,0 +1,61 @@
+"""The train loop end to end on tiny runs: files written, determinism, NaN guard."""
+
+import json
+
+import numpy as np
+import pytest
+
+from metarun.evaluate import confidence_interval, episode_keys
+from metarun.train import train
+
+
+def test_run_dir_holds_metrics_result_and_plots(make_config, tmp_path):
+    result = train(make_config(), tmp_path)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [10, 20]
+    assert all(np.isfinite(r["loss"]) and r["tasks_per_sec"] > 0 for r in lines)
+    assert "val_mse" in lines[1] and "val_mse" not in lines[0]
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert saved == result
+    assert {k: saved[k] for k in ("metric", "episodes", "inner_steps", "split")} == {
+        "metric": "mse",
+        "episodes": 20,
+        "inner_steps": 10,
+        "split": "test",
+    }
+    assert saved["mean"] > 0 and saved["ci95"] > 0
+    for png in ("adaptation.png", "learning_curves.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(make_config, tmp_path):
+    a = train(make_config("seed=1"), tmp_path / "a")
+    b = train(make_config("seed=1"), tmp_path / "b")
+    c = train(make_config("seed=2"), tmp_path / "c")
+    assert (tmp_path / "a/metrics.jsonl").read_text().count('"loss"') == 2
+    assert a["mean"] == b["mean"] and a["pre_adaptation_mean"] == b["pre_adaptation_mean"]
+    assert c["mean"] != a["mean"]
+
+
+def test_zero_steps_evaluates_the_initialisation(make_config, tmp_path):
+    result = train(make_config("trainer.steps=0"), tmp_path)
+    assert result["steps"] == 0 and np.isfinite(result["mean"])
+    assert (tmp_path / "metrics.jsonl").read_text() == ""
+
+
+def test_diverging_inner_loop_stops_with_the_step_range(make_config, tmp_path):
+    with pytest.raises(FloatingPointError, match=r"between steps 1 and 10; lower"):
+        train(make_config("algo.inner_lr=1000", "algo.inner_steps=5"), tmp_path)
+
+
+def test_evaluation_episodes_depend_on_eval_seed_and_split_only():
+    np.testing.assert_array_equal(episode_keys(0, "test", 4), episode_keys(0, "test", 4))
+    assert not np.array_equal(episode_keys(0, "test", 4), episode_keys(0, "val", 4))
+    assert not np.array_equal(episode_keys(0, "test", 4), episode_keys(1, "test", 4))
+
+
+def test_confidence_interval_is_196_standard_errors():
+    values = np.array([1.0, 2.0, 3.0, 4.0])
+    mean, ci = confidence_interval(values)
+    assert mean == 2.5
+    assert ci == pytest.approx(1.96 * np.std(values, ddof=1) / 2)
