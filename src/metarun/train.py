@@ -186,10 +186,12 @@ def train(config: Config, run_dir: Path) -> dict[str, Any]:
         seed=config.seed,
     )
     (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    steps = result["inner_steps"]
     log.info(
-        "test %s after %d steps: %.4f ± %.4f (95%% CI, %d episodes; before adaptation %.4f)",
+        "test %s after %d step%s: %.4f ± %.4f (95%% CI, %d episodes; before adaptation %.4f)",
         metric,
-        result["inner_steps"],
+        steps,
+        "" if steps == 1 else "s",
         result["mean"],
         result["ci95"],
         result["episodes"],
