@@ -1,0 +1,256 @@
+"""Omniglot (Lake et al., 2015) from its official zip archives, as host arrays.
+
+Path of the data: the archives in ``root`` (TFDS's manual dir) -> the TFDS builder
+``metarun_omniglot/<archive>`` writes array_record files into the TFDS data dir (no TensorFlow
+needed) -> :func:`load_omniglot` decodes them into ``uint8 [characters, drawers, S, S, 1]``,
+cached as a checksummed ``.npz`` (:mod:`metarun.data.arrays`). The second load reads only the
+``.npz`` and never imports TFDS.
+
+Reference: B. M. Lake, R. Salakhutdinov, J. B. Tenenbaum, "Human-level concept learning through
+probabilistic program induction", Science 2015. https://github.com/brendenlake/omniglot
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import zipfile
+import zlib
+from collections import defaultdict
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image
+
+from metarun.data import arrays
+
+
+class Archive(NamedTuple):
+    filename: str
+    size: int  # bytes
+    sha256: str
+
+
+URL = "https://github.com/brendenlake/omniglot/raw/master/python/"
+# Sizes and SHA-256 as TFDS records them for its own omniglot builder (url_checksums/omniglot.txt).
+ARCHIVES = {
+    "background": Archive(
+        "images_background.zip",
+        9464212,
+        "ad41ab679c8b5d90b271ef46be6987cc81211774a695c29dcc5367b2b26ee640",
+    ),
+    "evaluation": Archive(
+        "images_evaluation.zip",
+        6462886,
+        "1f61a8f3366785b057fc117d9228e78a16e3d976c8953b2a10fcc74cf0609cee",
+    ),
+    "small1": Archive(
+        "images_background_small1.zip",
+        1319022,
+        "f38eb80f801274ac2b4dff5b24289016bfaba4a7d5bb50deebf27104ad6cb8a4",
+    ),
+    "small2": Archive(
+        "images_background_small2.zip",
+        1580917,
+        "3ccaa407515a8778e5d0861875af38b17e418f301ad5bb3b5a6b65d901a41c7f",
+    ),
+}
+
+INSTRUCTIONS = f"""\
+Put the official Omniglot archives, unchanged, in the manual directory (metarun's data.root;
+for plain TFDS, <data_dir>/downloads/manual): images_background.zip (30 alphabets, 964
+characters) and images_evaluation.zip (20 alphabets, 659 characters), or the minimal
+images_background_small1.zip and images_background_small2.zip, all from {URL}
+Or pass download=True to fetch them from there, checksums verified."""
+
+
+def _read_examples(path: os.PathLike):
+    """``(key, example)`` for every ``<top>/<Alphabet>/<characterNN>/<id>_<drawer>.png``.
+
+    The PNGs are one-bit with dark strokes; they are kept that way (0 = stroke, 255 =
+    background) so the prepared dataset is the archive, and polarity is the loader's choice.
+    They go to TFDS as 8-bit Pillow images: TFDS encodes those with Pillow (arrays would need
+    TensorFlow), and 8-bit decodes to 0/255 with either of its decoders (Pillow reads a
+    one-bit PNG as 0/1, OpenCV as 0/255).
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in sorted(archive.namelist()):
+                parts = member.split("/")
+                if len(parts) != 4 or not parts[3].endswith(".png"):
+                    continue  # folder entries
+                _, alphabet, character, filename = parts
+                yield (
+                    member,
+                    {
+                        "image": Image.open(io.BytesIO(archive.read(member))).convert("L"),
+                        "alphabet": alphabet,
+                        "character": character,
+                        "drawer": int(filename[: -len(".png")].split("_")[1]),
+                    },
+                )
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+        raise ValueError(
+            f"{path} is not a readable Omniglot archive ({e}); it is probably truncated or "
+            "corrupt: replace it with a fresh copy.\n" + INSTRUCTIONS
+        ) from e
+
+
+def _archive_path(dl_manager, archive: Archive, download: bool):
+    try:
+        path = dl_manager.manual_dir / archive.filename
+    except AssertionError as e:  # how TFDS reports a missing or empty manual dir
+        path, where = None, str(e)
+    else:
+        where = f"not in the manual directory {dl_manager.manual_dir}.\n{INSTRUCTIONS}"
+    if path is not None and path.exists():
+        return path
+    if download:
+        return dl_manager.download(URL + archive.filename)
+    raise FileNotFoundError(f"Omniglot archive {archive.filename} is missing: {where}")
+
+
+@functools.cache  # one class per process: TFDS registers builders by name
+def builder_class():
+    """The TFDS builder ``metarun_omniglot``, one config per archive, one ``train`` split.
+
+    Its constructor takes TFDS's arguments plus ``download`` (default False): whether a missing
+    archive may be fetched from the official URL instead of failing.
+    """
+    import tensorflow_datasets as tfds
+
+    class MetarunOmniglot(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+        BUILDER_CONFIGS = [
+            tfds.core.BuilderConfig(name=name, description=archive.filename)
+            for name, archive in ARCHIVES.items()
+        ]
+        MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
+        # Shadows TFDS's lookup of a checksums file beside the module: the download manager
+        # verifies every fetched archive against these sizes and hashes.
+        url_infos = {
+            URL + a.filename: tfds.download.checksums.UrlInfo(a.size, a.sha256, a.filename)
+            for a in ARCHIVES.values()
+        }
+
+        def __init__(self, *, download: bool = False, **kwargs):
+            super().__init__(**kwargs)
+            self._download = download
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self,
+                description="Omniglot handwritten characters; image: 0 = stroke, 255 = paper.",
+                features=tfds.features.FeaturesDict(
+                    {
+                        "image": tfds.features.Image(shape=(105, 105, 1)),
+                        "alphabet": tfds.features.Text(),
+                        "character": tfds.features.Text(),  # "character01", within its alphabet
+                        "drawer": tfds.features.Scalar(np.int32),  # 1..20
+                    }
+                ),
+                homepage="https://github.com/brendenlake/omniglot",
+            )
+
+        def _split_generators(self, dl_manager):
+            archive = ARCHIVES[self.builder_config.name]
+            path = _archive_path(dl_manager, archive, self._download)
+            return {"train": self._generate_examples(path)}
+
+        def _generate_examples(self, path):
+            yield from _read_examples(path)
+
+    return MetarunOmniglot
+
+
+def _prepare(root, name: str, image_size: int, data_dir: Path, download: bool):
+    import tensorflow_datasets as tfds
+
+    builder = builder_class()(
+        config=name, data_dir=os.fspath(data_dir), file_format="array_record", download=download
+    )
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=os.fspath(root),
+            try_download_gcs=False,  # TFDS would otherwise probe its GCS bucket first
+            force_checksums_validation=True,
+        )
+    )
+    drawings = defaultdict(dict)  # "Alphabet/characterNN" -> {drawer: image}
+    for example in builder.as_data_source(split="train"):  # TFDS returns Text as bytes
+        character = f"{example['alphabet'].decode()}/{example['character'].decode()}"
+        drawings[character][int(example["drawer"])] = example["image"]
+    characters = sorted(drawings)
+    counts = {c: len(drawings[c]) for c in characters}
+    if len(set(counts.values())) != 1:
+        raise ValueError(f"{name}: characters have different numbers of drawings: {counts}")
+    # Ink is 255: strokes (0 in the archive) become the bright pixels a network sees as 1.
+    images = np.stack(
+        [
+            [arrays.resize(255 - drawings[c][d], image_size) for d in sorted(drawings[c])]
+            for c in characters
+        ]
+    )
+    return {"images": images, "characters": np.array(characters)}
+
+
+def load_omniglot(
+    root: str | os.PathLike,
+    archives: tuple[str, ...] = ("small1",),
+    image_size: int = 28,
+    cache_dir: str | os.PathLike | None = None,
+    download: bool = False,
+) -> dict:
+    """Omniglot characters from the given archives, as one array for episode sampling.
+
+    Each archive is prepared once through the TFDS builder and cached as ``.npz`` under
+    ``<cache_dir>/metarun_arrays``, keyed by archive and image size; later calls read only that.
+
+    Args:
+      root: folder with the archives (TFDS's manual dir), e.g. ``images_background_small1.zip``.
+      archives: names from ``ARCHIVES``: ``background``, ``evaluation``, ``small1``, ``small2``
+        (one name alone also works).
+      image_size: side of the square output; 105 keeps the original drawings.
+      cache_dir: TFDS data dir for the prepared records and the ``.npz`` cache; default
+        ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``.
+      download: fetch a missing archive from the official URL. Off by default: without it a
+        missing archive fails at once with instructions, and the network is never touched.
+
+    Returns:
+      dict with ``images``: ``uint8 [characters, 20, image_size, image_size, 1]``, ink = 255 and
+      paper = 0, grey on stroke edges from Lanczos resizing (no threshold, as in Finn et al.'s
+      MAML preprocessing); divide by 255 for strokes = 1, background = 0. ``characters``:
+      ``"Alphabet/characterNN"`` per row, sorted; ``alphabets``: the alphabet of each row;
+      ``archives``: the first archive in ``archives`` that holds it. Drawers are in order 1..20.
+      A character in several archives (Greek and Latin are in both minimal ones) appears once.
+    """
+    archives = (archives,) if isinstance(archives, str) else tuple(archives)
+    unknown = set(archives) - set(ARCHIVES)
+    if unknown or not archives:
+        raise ValueError(f"unknown Omniglot archives {sorted(unknown)}; known: {list(ARCHIVES)}")
+    if image_size < 1:
+        raise ValueError(f"image_size must be positive, got {image_size}")
+    data_dir = arrays.default_cache_dir() if cache_dir is None else Path(cache_dir)
+    drawings, source = {}, {}
+    for name in archives:
+        path = arrays.cache_path(data_dir, f"omniglot-{name}-{image_size}px")
+        loaded = arrays.load_cached(path)
+        if loaded is None:
+            loaded = _prepare(root, name, image_size, data_dir, download)
+            arrays.save_cached(path, loaded)
+        for character, images in zip(loaded["characters"].tolist(), loaded["images"], strict=True):
+            if character in drawings and not np.array_equal(drawings[character], images):
+                raise ValueError(
+                    f"{character} differs between archives {source[character]} and {name}"
+                )
+            drawings.setdefault(character, images)
+            source.setdefault(character, name)
+    characters = sorted(drawings)
+    return {
+        "images": np.stack([drawings[c] for c in characters]),
+        "alphabets": [c.split("/")[0] for c in characters],
+        "characters": characters,
+        "archives": [source[c] for c in characters],
+    }

@@ -1,0 +1,165 @@
+"""Omniglot loader: the real minimal archives, synthetic full ones, failures, the cache."""
+
+import io
+import logging
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from metarun.data import arrays
+from metarun.data.omniglot_tfds import load_omniglot
+
+from . import fixtures
+
+SMALL1 = ["Balinese", "Early_Aramaic", "Greek", "Korean", "Latin"]
+SMALL2 = ["Greek", "Japanese_(katakana)", "Latin", "Sanskrit", "Tagalog"]
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    fixtures.block_network(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def real_cache(tmp_path_factory):
+    if not fixtures.OMNIGLOT_DIR.is_dir():
+        pytest.skip(f"real Omniglot archives not found at {fixtures.OMNIGLOT_DIR}")
+    return tmp_path_factory.mktemp("omniglot_cache")
+
+
+@pytest.fixture
+def full_root(tmp_path):
+    """Synthetic official archives: 3 alphabets x 2 characters x 20 drawers each."""
+    root = tmp_path / "omniglot"
+    root.mkdir()
+    fixtures.omniglot_zip(root, "images_background", ["Bravo", "Alpha", "Charlie"], seed=1)
+    fixtures.omniglot_zip(root, "images_evaluation", ["Delta", "Echo", "Foxtrot"], seed=2)
+    return root
+
+
+@pytest.mark.parametrize(
+    "archive, alphabets, characters", [("small1", SMALL1, 136), ("small2", SMALL2, 156)]
+)
+def test_real_minimal_archives(real_cache, archive, alphabets, characters):
+    out = load_omniglot(fixtures.OMNIGLOT_DIR, (archive,), cache_dir=real_cache)
+    images = out["images"]
+    assert images.shape == (characters, 20, 28, 28, 1) and images.dtype == np.uint8
+    assert images.min() == 0 and images.max() == 255
+    # Ink is bright: most pixels are background (0); strokes cover a few percent.
+    assert 0.02 < images.mean() / 255 < 0.2
+    assert np.median(images) == 0
+    assert sorted(set(out["alphabets"])) == alphabets
+    assert out["characters"] == sorted(out["characters"])
+    assert out["characters"][0] == f"{alphabets[0]}/character01"
+    assert out["archives"] == [archive] * characters
+
+
+def test_real_archives_merge_shared_characters_once(real_cache):
+    out = load_omniglot(fixtures.OMNIGLOT_DIR, ("small1", "small2"), cache_dir=real_cache)
+    # Greek (24 characters) and Latin (26) are in both archives.
+    assert out["images"].shape == (136 + 156 - 24 - 26, 20, 28, 28, 1)
+    assert len(set(out["characters"])) == len(out["characters"])
+    archive_of = dict(zip(out["characters"], out["archives"], strict=True))
+    assert archive_of["Greek/character01"] == "small1"
+    assert archive_of["Tagalog/character01"] == "small2"
+
+
+def test_full_archives_counts_order_and_pixels(full_root, tmp_path):
+    out = load_omniglot(full_root, ("evaluation", "background"), 105, cache_dir=tmp_path / "c")
+    assert out["images"].shape == (12, 20, 105, 105, 1)
+    assert out["alphabets"] == sorted(["Alpha", "Bravo", "Charlie", "Delta", "Echo", "Foxtrot"] * 2)
+    assert out["characters"][:3] == ["Alpha/character01", "Alpha/character02", "Bravo/character01"]
+    assert out["archives"] == ["background"] * 6 + ["evaluation"] * 6
+    # At full size the pixels are the archive's, inverted: drawer 3 of Bravo/character02.
+    with zipfile.ZipFile(full_root / "images_background.zip") as z:
+        png = z.read("images_background/Bravo/character02/0002_03.png")
+    original = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
+    np.testing.assert_array_equal(out["images"][3, 2, :, :, 0], 255 - original)
+
+
+def test_resized_images_keep_grey_stroke_edges(full_root, tmp_path):
+    images = load_omniglot(full_root, ("background",), 28, cache_dir=tmp_path)["images"]
+    assert images.shape == (6, 20, 28, 28, 1)
+    assert ((images > 0) & (images < 255)).any()
+
+
+@pytest.mark.parametrize("make_root", ["empty", "missing", "other_archive"])
+def test_missing_archive_names_it_and_never_downloads(full_root, tmp_path, monkeypatch, make_root):
+    import tensorflow_datasets as tfds
+
+    def download(*args, **kwargs):
+        raise AssertionError("download attempted")
+
+    monkeypatch.setattr(tfds.download.DownloadManager, "download", download)
+    root = {
+        "empty": tmp_path / "empty",
+        "missing": tmp_path / "nowhere",
+        "other_archive": full_root,
+    }
+    root["empty"].mkdir()
+    with pytest.raises(FileNotFoundError, match=r"images_background_small1\.zip") as error:
+        load_omniglot(root[make_root], ("small1",), cache_dir=tmp_path / "cache")
+    assert "download=True" in str(error.value) and "manual directory" in str(error.value)
+
+
+def test_download_only_when_asked_fetches_the_official_url(full_root, tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    urls = []
+
+    def download(self, url):  # stands in for the network: serves a synthetic archive
+        urls.append(url)
+        return full_root / "images_background.zip"
+
+    monkeypatch.setattr(tfds.download.DownloadManager, "download", download)
+    out = load_omniglot(tmp_path / "empty", ("background",), cache_dir=tmp_path, download=True)
+    assert out["images"].shape == (6, 20, 28, 28, 1)
+    assert urls == [
+        "https://github.com/brendenlake/omniglot/raw/master/python/images_background.zip"
+    ]
+
+
+def test_truncated_archive_is_named(full_root, tmp_path):
+    path = full_root / "images_background.zip"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match="images_background.zip is not a readable"):
+        load_omniglot(full_root, ("background",), cache_dir=tmp_path / "cache")
+
+
+def test_unknown_archive_lists_known_ones(tmp_path):
+    with pytest.raises(ValueError, match="small2"):
+        load_omniglot(tmp_path, ("small3",), cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["flip_pixels", "truncate"])
+def test_corrupt_cache_is_detected_and_rebuilt(full_root, tmp_path, caplog, damage):
+    first = load_omniglot(full_root, ("background",), 14, cache_dir=tmp_path)
+    path = arrays.cache_path(tmp_path, "omniglot-background-14px")
+    if damage == "flip_pixels":  # a well-formed file whose content no longer matches its hash
+        with np.load(path) as npz:
+            content = dict(npz)
+        content["images"] = content["images"] ^ 1
+        np.savez(path, **content)
+    else:
+        path.write_bytes(path.read_bytes()[:-1000])
+    with caplog.at_level(logging.WARNING):
+        second = load_omniglot(full_root, ("background",), 14, cache_dir=tmp_path)
+    assert f"cache {path}" in caplog.text
+    np.testing.assert_array_equal(second["images"], first["images"])
+    np.testing.assert_array_equal(arrays.load_cached(path)["images"], first["images"])
+
+
+def test_cached_load_needs_neither_archive_nor_tfds(full_root, tmp_path):
+    load_omniglot(full_root, ("background",), cache_dir=tmp_path)
+    code = (
+        "import sys; from metarun.data.omniglot_tfds import load_omniglot; "
+        f"out = load_omniglot({str(tmp_path / 'gone')!r}, ('background',), "
+        f"cache_dir={str(tmp_path)!r}); "
+        "assert out['images'].shape == (6, 20, 28, 28, 1); "
+        "assert 'tensorflow_datasets' not in sys.modules, 'TFDS imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
