@@ -39,13 +39,14 @@ def bench(name: str, steps: int, warmup: int) -> dict:
     init_key, train_key = rng_streams(config.seed)
     state = init_state(exp, init_key)
     meta_step, compile_sec = compile_meta_step(exp, state, train_key)
+    sample = exp.source.samplers["train"]
     for _ in range(warmup):
-        state, metrics = meta_step(state, train_key)
+        state, metrics = meta_step(state, train_key, sample)
     jax.block_until_ready(state)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        state, metrics = meta_step(state, train_key)
+        state, metrics = meta_step(state, train_key, sample)
         jax.block_until_ready((state, metrics))
         times.append(time.perf_counter() - start)
     sec_per_step = statistics.median(times)

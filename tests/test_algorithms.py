@@ -46,10 +46,10 @@ def test_meta_step_compiles_once_and_lowers_the_loss(make_config, name):
     exp = build(make_config(f"algo={name}", "optim.lr=0.003"))
     init_key, train_key = rng_streams(0)
     state = init_state(exp, init_key)
-    step = jax.jit(make_meta_step(exp))
+    step, sample = jax.jit(make_meta_step(exp)), exp.source.samplers["train"]
     losses = []
     for _ in range(300):
-        state, metrics = step(state, train_key)
+        state, metrics = step(state, train_key, sample)
         losses.append(metrics["loss"])
     assert step._cache_size() == 1, "the meta-step recompiled"
     assert int(state.step) == 300
@@ -62,11 +62,11 @@ def test_meta_step_compiles_once_and_lowers_the_loss(make_config, name):
 def test_meta_step_is_deterministic_per_seed(make_config, name):
     exp = build(make_config(f"algo={name}"))
     init_key, train_key = rng_streams(3)
-    step = jax.jit(make_meta_step(exp))
+    step, sample = jax.jit(make_meta_step(exp)), exp.source.samplers["train"]
     runs = []
     for _ in range(2):
         state = init_state(exp, init_key)
         for _ in range(3):
-            state, _ = step(state, train_key)
+            state, _ = step(state, train_key, sample)
         runs.append(flat(state.meta_params))
     np.testing.assert_array_equal(*runs)

@@ -37,22 +37,24 @@ def confidence_interval(values: np.ndarray) -> tuple[float, float]:
     return float(values.mean()), float(1.96 * values.std(ddof=1) / np.sqrt(len(values)))
 
 
-def make_evaluator(
-    learner: MetaLearner, objective: Objective, sample_episode, *, inner_steps: int, batch: int
-):
-    """Jitted ``(meta_params, keys) -> per-episode metrics``, ``batch`` tasks vmapped at once."""
+def make_evaluator(learner: MetaLearner, objective: Objective, *, inner_steps: int, batch: int):
+    """Jitted ``(meta_params, sample, keys) -> per-episode metrics``, ``batch`` tasks at once.
 
-    def one(meta_params, key):
-        return task_metrics(learner, objective, meta_params, sample_episode(key), inner_steps)
+    ``sample`` is a split's sampler (a ``jax.tree_util.Partial``), passed in so that the split's
+    arrays are inputs of the compiled program, not constants in it.
+    """
+
+    def one(meta_params, sample, key):
+        return task_metrics(learner, objective, meta_params, sample(key), inner_steps)
 
     @jax.jit
-    def run(meta_params, keys):
-        return jax.lax.map(partial(one, meta_params), keys, batch_size=batch)
+    def run(meta_params, sample, keys):
+        return jax.lax.map(partial(one, meta_params, sample), keys, batch_size=batch)
 
     return run
 
 
-def evaluate(evaluator, meta_params, keys: jax.Array, metric: str) -> EvalResult:
-    values = np.asarray(jax.device_get(evaluator(meta_params, keys)[metric]))
+def evaluate(evaluator, meta_params, sample, keys: jax.Array, metric: str) -> EvalResult:
+    values = np.asarray(jax.device_get(evaluator(meta_params, sample, keys)[metric]))
     mean, ci95 = confidence_interval(values)
     return EvalResult(mean, ci95, values)

@@ -80,12 +80,15 @@ def init_state(exp: Experiment, key: PRNGKey) -> TrainState:
 
 
 def make_meta_step(exp: Experiment):
-    """``meta_step(state, train_key) -> (state, metrics)``, pure; jit it at the call site."""
-    sample = exp.source.samplers["train"]
+    """``meta_step(state, train_key, sample) -> (state, metrics)``, pure; jit it at the call site.
+
+    ``sample`` is the train split's sampler (``exp.source.samplers["train"]``), an argument so
+    that the split's arrays are inputs of the compiled program rather than constants in it.
+    """
     meta_batch = exp.config.trainer.meta_batch
     inner_steps = exp.config.algo.inner_steps
 
-    def meta_step(state: TrainState, train_key: PRNGKey):
+    def meta_step(state: TrainState, train_key: PRNGKey, sample):
         key = jax.random.fold_in(train_key, state.step)
         episodes = jax.vmap(sample)(jax.random.split(key, meta_batch))
         grads, metrics = outer_grad(
@@ -102,11 +105,15 @@ def make_meta_step(exp: Experiment):
 def compile_meta_step(exp: Experiment, state: TrainState, train_key: PRNGKey):
     """Ahead-of-time compile with the state donated; returns (compiled step, seconds).
 
+    Call it as ``step(state, train_key, exp.source.samplers["train"])``.
+
     A compiled executable cannot silently recompile: a changed shape or dtype
     raises instead, so every step after the first runs the same program.
     """
     start = time.perf_counter()
-    compiled = jax.jit(make_meta_step(exp), donate_argnums=0).lower(state, train_key).compile()
+    sample = exp.source.samplers["train"]
+    compiled = jax.jit(make_meta_step(exp), donate_argnums=0).lower(state, train_key, sample)
+    compiled = compiled.compile()
     return compiled, time.perf_counter() - start
 
 
@@ -130,12 +137,9 @@ def train(config: Config, run_dir: Path) -> dict[str, Any]:
     meta_step, compile_sec = compile_meta_step(exp, state, train_key)
     log.info("meta-step compiled in %.1f s", compile_sec)
 
+    train_sampler, val_sampler = exp.source.samplers["train"], exp.source.samplers["val"]
     val_eval = make_evaluator(
-        exp.learner,
-        objective,
-        exp.source.samplers["val"],
-        inner_steps=eval_cfg.inner_steps,
-        batch=eval_cfg.batch,
+        exp.learner, objective, inner_steps=eval_cfg.inner_steps, batch=eval_cfg.batch
     )
     val_keys = episode_keys(eval_cfg.seed, "val", eval_cfg.val_episodes)
     metric = objective.metric
@@ -148,7 +152,7 @@ def train(config: Config, run_dir: Path) -> dict[str, Any]:
     bar = tqdm(total=trainer.steps, unit="step", disable=not trainer.progress, dynamic_ncols=True)
     try:
         for step in range(1, trainer.steps + 1):
-            state, metrics = meta_step(state, train_key)
+            state, metrics = meta_step(state, train_key, train_sampler)
             pending.append(metrics)
             bar.update()
             if step % trainer.log_every and step != trainer.steps:
@@ -163,7 +167,7 @@ def train(config: Config, run_dir: Path) -> dict[str, Any]:
             record["tasks_per_sec"] = record["steps_per_sec"] * trainer.meta_batch
             pending, last_step = [], step
             if trainer.val_every and step % trainer.val_every == 0:
-                val = evaluate(val_eval, state.meta_params, val_keys, metric)
+                val = evaluate(val_eval, state.meta_params, val_sampler, val_keys, metric)
                 record.update({f"val_{metric}": val.mean, f"val_{metric}_ci95": val.ci95})
             tracker.log(record)
             last_time = time.perf_counter()  # validation and logging are not training speed
@@ -210,14 +214,9 @@ def _meta_test(exp: Experiment, meta_params) -> dict[str, Any]:
     keys = episode_keys(eval_cfg.seed, "test", eval_cfg.episodes)
     result: dict[str, Any] = {"metric": objective.metric}
     for steps, prefix in ((eval_cfg.inner_steps, ""), (0, "pre_adaptation_")):
-        evaluator = make_evaluator(
-            exp.learner,
-            objective,
-            exp.source.samplers["test"],
-            inner_steps=steps,
-            batch=eval_cfg.batch,
-        )
-        outcome = evaluate(evaluator, meta_params, keys, objective.metric)
+        evaluator = make_evaluator(exp.learner, objective, inner_steps=steps, batch=eval_cfg.batch)
+        test_sampler = exp.source.samplers["test"]
+        outcome = evaluate(evaluator, meta_params, test_sampler, keys, objective.metric)
         result[f"{prefix}mean"], result[f"{prefix}ci95"] = outcome.mean, outcome.ci95
     result.update(episodes=eval_cfg.episodes, inner_steps=eval_cfg.inner_steps, split="test")
     return result

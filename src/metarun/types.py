@@ -68,7 +68,9 @@ class TaskSource(NamedTuple):
     """A dataset seen as a distribution over episodes, one sampler per split.
 
     Attributes:
-      samplers: split name -> pure, jittable ``key -> Episode``.
+      samplers: split name -> pure, jittable ``key -> Episode``, as a ``jax.tree_util.Partial``
+        whose leaves are the split's device arrays: jitted functions take the sampler as an
+        argument, so a dataset reaches them as a buffer, never as a compiled-in constant.
       objective: how the episodes are scored.
       output_dim: size of the model's output (1 for regression, ``ways`` for classification).
       plot: optional ``(learner, meta_params, inner_steps, path) -> None`` drawing adaptation.

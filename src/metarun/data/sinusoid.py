@@ -81,7 +81,7 @@ def plot(learner, meta_params, inner_steps: int, path, cfg, key: PRNGKey | None 
 
 @sources.register("sinusoid")
 def make(cfg) -> TaskSource:
-    sampler = partial(episode, cfg=cfg)
+    sampler = jax.tree_util.Partial(partial(episode, cfg=cfg))  # no arrays: generated on the fly
     return TaskSource(
         samplers={"train": sampler, "val": sampler, "test": sampler},
         objective=REGRESSION,
