@@ -7,7 +7,7 @@ from metarun.registry import Registry
 
 models = Registry("model")
 
-from metarun.models import mlp  # noqa: E402,F401  (registers its factory)
+from metarun.models import conv4, mlp  # noqa: E402,F401  (register their factories)
 
 
 def make(cfg, output_dim: int):

@@ -1,0 +1,196 @@
+"""Conv-4: sizes of the paper settings, per-batch BatchNorm, second-order gradients."""
+
+from functools import partial
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from metarun.algos.base import gradient_descent
+from metarun.models import conv4, models
+from metarun.types import cross_entropy
+
+
+def conv4_config(filters: int, strided: bool = False):
+    return SimpleNamespace(name="conv4", filters=filters, strided=strided)
+
+
+# Data and checks are numpy, the model is jitted: eager jax compiles every new op shape,
+# which costs seconds per test on CPU.
+def images(seed: int, batch: int, shape=(16, 16, 1), dtype=np.float32):
+    return np.random.default_rng(seed).uniform(size=(batch, *shape)).astype(dtype)
+
+
+def init_params(model, x):
+    return jax.jit(model.init)(jax.random.PRNGKey(1), x)["params"]
+
+
+def jitted_apply(model, method=None):
+    return jax.jit(lambda params, x: model.apply({"params": params}, x, method=method))
+
+
+def count(params) -> int:
+    return sum(leaf.size for leaf in jax.tree.leaves(params))
+
+
+# By hand, 5-way. Convolutions have no bias; each BatchNorm has a scale and an offset
+# (2 × filters); the head is features × 5 + 5.
+#   Omniglot, 64 filters:   conv 3·3·1·64 = 576, then 3 × 3·3·64·64 = 110 592;
+#     BN 4 × 128 = 512; head 64·5 + 5 = 325; total 576 + 110 592 + 512 + 325 = 112 005.
+#     Features: max-pool 28 → 14 → 7 → 3 → 1, so 64·1·1 = 64; strided 28 → 14 → 7 → 4 → 2
+#     then the spatial mean, so 64 as well: both variants have the same count.
+#   mini-ImageNet, 32 filters: conv 3·3·3·32 = 864, then 3 × 3·3·32·32 = 27 648;
+#     BN 4 × 64 = 256; features 84 → 42 → 21 → 10 → 5, 32·5·5 = 800; head 800·5 + 5 = 4 005;
+#     total 864 + 27 648 + 256 + 4 005 = 32 773.
+PAPER_SETTINGS = [
+    pytest.param(64, False, (28, 28, 1), 64, 112_005, id="omniglot-maxpool"),
+    pytest.param(64, True, (28, 28, 1), 64, 112_005, id="omniglot-strided"),
+    pytest.param(32, False, (84, 84, 3), 800, 32_773, id="mini-imagenet"),
+]
+
+
+@pytest.mark.parametrize("filters, strided, shape, feature_dim, num_params", PAPER_SETTINGS)
+def test_paper_settings_have_the_hand_computed_sizes(
+    filters, strided, shape, feature_dim, num_params
+):
+    model = models.get("conv4")(conv4_config(filters, strided), 5)
+    # Shapes only (eval_shape): the numerics are exercised by the tests below.
+    x = jax.ShapeDtypeStruct((3, *shape), jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(1), x)
+    params = variables["params"]
+
+    assert list(variables) == ["params"]  # no batch_stats: apply needs no mutable state
+    assert sorted(params) == ["blocks_0", "blocks_1", "blocks_2", "blocks_3", "head"]
+    assert params["head"]["kernel"].shape == (feature_dim, 5)
+    assert count(params) == num_params
+    assert jax.eval_shape(model.apply, variables, x).shape == (3, 5)
+    assert jax.eval_shape(partial(model.apply, method="embed"), variables, x).shape == (
+        3,
+        feature_dim,
+    )
+
+
+def test_embed_is_the_encoder_without_a_head():
+    model = conv4.Conv4(filters=4, output_dim=5)
+    x = images(0, 4)
+    params = init_params(model, x)
+    encoder = {name: p for name, p in params.items() if name != "head"}
+
+    assert (
+        jax.eval_shape(partial(model.init, method="embed"), jax.random.PRNGKey(1), x)[
+            "params"
+        ].keys()
+        == encoder.keys()
+    )
+    features = np.asarray(jitted_apply(model, "embed")(encoder, x))
+    head = jax.tree.map(np.asarray, params["head"])
+    np.testing.assert_allclose(
+        features @ head["kernel"] + head["bias"],
+        jitted_apply(model)(params, x),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_images_without_a_channel_axis_are_refused():
+    with pytest.raises(ValueError, match=r"\[batch, H, W, C\]"):
+        conv4.Conv4(filters=4, output_dim=5).init(jax.random.PRNGKey(0), np.zeros((2, 28, 28)))
+
+
+def test_each_task_is_normalised_with_its_own_batch():
+    model = conv4.Conv4(filters=8, output_dim=5)
+    tasks = images(0, 3 * 5).reshape(3, 5, 16, 16, 1)
+    params = init_params(model, tasks[0])
+
+    apply = jitted_apply(model)
+
+    vmapped = jax.jit(jax.vmap(apply, in_axes=(None, 0)))(params, tasks)
+    for t in range(3):
+        np.testing.assert_allclose(vmapped[t], apply(params, tasks[t]), rtol=1e-5, atol=1e-5)
+    # Statistics come from the batch: task 0 alongside task 1 in one batch is another output.
+    together = apply(params, np.concatenate([tasks[0], tasks[1]]))[:5]
+    assert not np.allclose(together, vmapped[0], atol=1e-3)
+
+
+@pytest.mark.parametrize("strided", [False, True])
+def test_normalised_activations_have_zero_mean_and_unit_variance(strided):
+    model = conv4.Conv4(filters=8, output_dim=5, strided=strided)
+    x = images(0, 10)
+    params = init_params(model, x)
+    # Scale and offset away from their init, so that the check sees them applied.
+    scale, offset = 2.0, 0.5
+    for block in params:
+        if block != "head":
+            norm = params[block]["norm"]
+            norm["scale"] = np.full(norm["scale"].shape, scale, np.float32)
+            norm["bias"] = np.full(norm["bias"].shape, offset, np.float32)
+
+    capture = partial(model.apply, capture_intermediates=lambda m, _: m.name in ("conv", "norm"))
+    _, state = jax.jit(capture)({"params": params}, x)
+    for i in range(4):
+        block = jax.tree.map(np.asarray, state["intermediates"][f"blocks_{i}"])
+        conv_out = block["conv"]["__call__"][0]
+        normed = (block["norm"]["__call__"][0] - offset) / scale
+        np.testing.assert_allclose(normed.mean(axis=(0, 1, 2)), 0.0, atol=1e-4)
+        # Unit variance up to ε = 1e-3, which weighs on the small activations of the first
+        # blocks: var = v / (v + ε), v the variance of the batch before normalising.
+        v = conv_out.var(axis=(0, 1, 2))
+        np.testing.assert_allclose(normed.var(axis=(0, 1, 2)), v / (v + 1e-3), rtol=1e-3)
+
+
+def maml_query_loss(model, params, support, query, inner_lr, num_steps):
+    """Cross-entropy on the query set after ``num_steps`` of SGD on the support set."""
+
+    def loss(p, batch):
+        x, y = batch
+        return cross_entropy(model.apply({"params": p}, x), y)
+
+    adapted = gradient_descent(lambda p: loss(p, support), params, inner_lr, num_steps)
+    return loss(adapted, query)
+
+
+def tiny_task(shape, dtype, ways: int = 3, shots: int = 2):
+    labels = np.repeat(np.arange(ways), shots)
+    return (images(0, ways * shots, shape, dtype), labels), (
+        images(1, ways * shots, shape, dtype),
+        labels,
+    )
+
+
+@pytest.mark.parametrize("strided, shape", [(False, (16, 16, 1)), (True, (8, 8, 1))])
+def test_meta_gradient_through_two_sgd_steps_matches_finite_differences(strided, shape):
+    # Second order through BatchNorm: the query loss after two inner steps, in float64.
+    # 16×16 for max-pooling: four halvings of 8×8 would leave no pixel.
+    with jax.enable_x64(True):
+        model = conv4.Conv4(filters=4, output_dim=3, strided=strided)
+        support, query = tiny_task(shape, np.float64)
+        params = jax.tree.map(lambda p: np.asarray(p, np.float64), init_params(model, support[0]))
+        rng = np.random.default_rng(2)
+        direction = jax.tree.map(lambda p: rng.normal(size=p.shape), params)
+
+        # One compiled function for both sides of the check (the gradient at ±h is unused).
+        loss_and_grad = jax.jit(
+            jax.value_and_grad(lambda p: maml_query_loss(model, p, support, query, 0.4, 2))
+        )
+        grads = jax.tree.map(np.asarray, loss_and_grad(params)[1])
+        h = 1e-6
+        plus, minus = (
+            jax.tree.map(lambda p, d, s=s: p + s * h * d, params, direction) for s in (1, -1)
+        )
+        numeric = (float(loss_and_grad(plus)[0]) - float(loss_and_grad(minus)[0])) / (2 * h)
+
+        leaves = jax.tree.leaves(grads)
+        assert all(np.all(np.isfinite(g)) for g in leaves)
+        # Every layer, the first convolution included, gets a meta-gradient.
+        assert all(np.linalg.norm(g) > 0 for g in leaves)
+        analytic = sum(
+            np.vdot(g, d) for g, d in zip(leaves, jax.tree.leaves(direction), strict=True)
+        )
+        assert abs(analytic - numeric) < 1e-4 * abs(numeric)
+
+
+def test_registered_factory_reads_filters_and_strided():
+    model = models.get("conv4")(conv4_config(32, strided=True), 7)
+    assert model == conv4.Conv4(filters=32, output_dim=7, strided=True)
