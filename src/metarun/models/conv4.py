@@ -1,7 +1,8 @@
 """Conv-4: the four-block convolutional backbone of the few-shot image benchmarks.
 
 Each block is a 3×3 convolution (padding SAME), BatchNorm, ReLU and a 2×2 max-pool;
-``strided=True`` is MAML's Omniglot variant, stride-2 convolutions and no pooling. A
+``strided=True`` is MAML's Omniglot variant, stride-2 convolutions and no pooling,
+the last feature maps averaged over space (``tf.reduce_mean`` in MAML's ``forward_conv``). A
 Dense layer named ``head`` maps the features to ``output_dim`` logits; ``embed`` returns
 the features alone, for metric-based learners that use the encoder without a head.
 Typical settings: 64 filters on 28×28×1 Omniglot, 32 on 84×84×3 mini-ImageNet (MAML).
