@@ -212,10 +212,10 @@ def _meta_test(exp: Experiment, meta_params) -> dict[str, Any]:
     """Final evaluation on the test split, after ``eval.inner_steps`` and before adapting."""
     eval_cfg, objective = exp.config.eval, exp.source.objective
     keys = episode_keys(eval_cfg.seed, "test", eval_cfg.episodes)
+    test_sampler = exp.source.samplers["test"]
     result: dict[str, Any] = {"metric": objective.metric}
     for steps, prefix in ((eval_cfg.inner_steps, ""), (0, "pre_adaptation_")):
         evaluator = make_evaluator(exp.learner, objective, inner_steps=steps, batch=eval_cfg.batch)
-        test_sampler = exp.source.samplers["test"]
         outcome = evaluate(evaluator, meta_params, test_sampler, keys, objective.metric)
         result[f"{prefix}mean"], result[f"{prefix}ci95"] = outcome.mean, outcome.ci95
     result.update(episodes=eval_cfg.episodes, inner_steps=eval_cfg.inner_steps, split="test")
