@@ -70,3 +70,31 @@ def test_meta_step_is_deterministic_per_seed(make_config, name):
             state, _ = step(state, train_key, sample)
         runs.append(flat(state.meta_params))
     np.testing.assert_array_equal(*runs)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["optim=sgd", "optim.momentum=0.9"],
+        ["optim=adamw"],
+        ["optim.schedule=cosine"],
+        ["optim=sgd", "optim.clip_norm=0.5"],
+    ],
+)
+def test_every_optimizer_option_takes_finite_steps(make_config, overrides):
+    exp = build(make_config(*overrides, "trainer.steps=10"))
+    init_key, train_key = rng_streams(0)
+    state = before = init_state(exp, init_key)
+    step, sample = jax.jit(make_meta_step(exp)), exp.source.samplers["train"]
+    for _ in range(10):
+        state, metrics = step(state, train_key, sample)
+    assert np.all(np.isfinite(flat(state.meta_params)))
+    assert not np.allclose(flat(state.meta_params), flat(before.meta_params))
+
+
+def test_clip_norm_bounds_the_update(make_config):
+    exp = build(make_config("optim=sgd", "optim.lr=0.1", "optim.clip_norm=0.5"))
+    params = init_state(exp, jax.random.PRNGKey(0)).meta_params
+    huge = jax.tree.map(lambda p: 100.0 + 0 * p, params)
+    updates, _ = exp.optimizer.update(huge, exp.optimizer.init(params), params)
+    assert np.linalg.norm(flat(updates)) == pytest.approx(0.1 * 0.5, rel=1e-5)
