@@ -3,6 +3,7 @@
 from functools import partial
 from types import SimpleNamespace
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,8 +14,8 @@ from metarun.models import conv4, models
 from metarun.types import cross_entropy
 
 
-def conv4_config(filters: int, strided: bool = False):
-    return SimpleNamespace(name="conv4", filters=filters, strided=strided)
+def conv4_config(filters: int, strided: bool = False, conv: str = "auto"):
+    return SimpleNamespace(name="conv4", filters=filters, strided=strided, conv=conv)
 
 
 # Data and checks are numpy, the model is jitted: eager jax compiles every new op shape,
@@ -159,12 +160,13 @@ def tiny_task(shape, dtype, ways: int = 3, shots: int = 2):
     )
 
 
+@pytest.mark.parametrize("conv", ["xla", "im2col"])
 @pytest.mark.parametrize("strided, shape", [(False, (16, 16, 1)), (True, (8, 8, 1))])
-def test_meta_gradient_through_two_sgd_steps_matches_finite_differences(strided, shape):
+def test_meta_gradient_through_two_sgd_steps_matches_finite_differences(strided, shape, conv):
     # Second order through BatchNorm: the query loss after two inner steps, in float64.
     # 16×16 for max-pooling: four halvings of 8×8 would leave no pixel.
     with jax.enable_x64(True):
-        model = conv4.Conv4(filters=4, output_dim=3, strided=strided)
+        model = conv4.Conv4(filters=4, output_dim=3, strided=strided, conv=conv)
         support, query = tiny_task(shape, np.float64)
         params = jax.tree.map(lambda p: np.asarray(p, np.float64), init_params(model, support[0]))
         rng = np.random.default_rng(2)
@@ -191,6 +193,55 @@ def test_meta_gradient_through_two_sgd_steps_matches_finite_differences(strided,
         assert abs(analytic - numeric) < 1e-4 * abs(numeric)
 
 
-def test_registered_factory_reads_filters_and_strided():
-    model = models.get("conv4")(conv4_config(32, strided=True), 7)
-    assert model == conv4.Conv4(filters=32, output_dim=7, strided=True)
+def test_registered_factory_reads_filters_strided_and_conv():
+    model = models.get("conv4")(conv4_config(32, strided=True, conv="xla"), 7)
+    assert model == conv4.Conv4(filters=32, output_dim=7, strided=True, conv="xla")
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [7, 8])  # odd sizes pad asymmetrically under SAME
+def test_im2col_equals_xla_convolution_with_per_task_kernels(stride, size):
+    # The case that matters: vmap over tasks, each with its own kernel, values and gradients.
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(3, 4, size, size, 2))  # [tasks, batch, H, W, C]
+        kernels = rng.normal(size=(3, 3, 3, 2, 5))  # [tasks, 3, 3, C, filters]
+
+        def xla(x, k):
+            return jax.lax.conv_general_dilated(
+                x, k, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+
+        def im2col(x, k):
+            return conv4.im2col_conv3x3(x, k, stride)
+
+        for f in (xla, im2col):
+            assert jax.vmap(f)(x, kernels).shape == (
+                3,
+                4,
+                -(-size // stride),
+                -(-size // stride),
+                5,
+            )
+        np.testing.assert_allclose(
+            jax.vmap(im2col)(x, kernels), jax.vmap(xla)(x, kernels), atol=1e-12
+        )
+
+        def loss(f):
+            return jax.grad(lambda x, k: jnp.sum(jnp.sin(jax.vmap(f)(x, k))), argnums=(0, 1))
+
+        for got, want in zip(loss(im2col)(x, kernels), loss(xla)(x, kernels), strict=True):
+            np.testing.assert_allclose(got, want, atol=1e-12)
+
+
+def test_max_pool_equals_flax_max_pool_on_odd_sizes():
+    x = images(3, 2, (7, 9, 3))
+    np.testing.assert_array_equal(
+        conv4.max_pool2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+    )
+
+
+def test_auto_conv_is_im2col_on_cpu_and_unknown_names_are_refused():
+    assert conv4.resolve_conv("auto") == ("im2col" if jax.default_backend() == "cpu" else "xla")
+    with pytest.raises(ValueError, match="conv must be one of"):
+        conv4.resolve_conv("winograd")
