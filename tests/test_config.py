@@ -5,15 +5,32 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from metarun.config import ConfigError, compose, conf_dir, validate
 from metarun.train import build
+from tests.data import fixtures
 
 GROUPS = ["algo", "data", "model", "optim", "trainer", "eval", "logger"]
 CHOICES = [(g, p.stem) for g in GROUPS for p in sorted((conf_dir() / g).glob("*.yaml"))]
 
 
+def data_overrides(choice: str, tmp_path) -> list[str]:
+    """What an image dataset needs to build: its files (real Omniglot, a mini-ImageNet fixture)."""
+    if choice == "omniglot":
+        if not fixtures.OMNIGLOT_DIR.is_dir():
+            pytest.skip(f"real Omniglot archives not found at {fixtures.OMNIGLOT_DIR}")
+        cache = f"data.cache_dir={tmp_path / 'cache'}"
+        return [f"data.root={fixtures.OMNIGLOT_DIR}", "data.split=minimal1", cache]
+    if choice == "mini_imagenet":
+        for i, split in enumerate(("train", "val", "test")):
+            labels = [fixtures.wnid(10 * i + c) for c in range(5)]
+            fixtures.mini_imagenet_csv(tmp_path, split, labels, per_class=16, seed=i)
+        return [f"data.root={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}"]
+    return []
+
+
 @pytest.mark.parametrize(("group", "choice"), CHOICES)
-def test_every_choice_composes_and_builds(group, choice):
+def test_every_choice_composes_and_builds(group, choice, tmp_path):
     override = f"{group}=[{choice}]" if group == "logger" else f"{group}={choice}"
-    config = validate(compose([override]))
+    extra = data_overrides(choice, tmp_path) if group == "data" else []
+    config = validate(compose([override, *extra]))
     build(config)
 
 

@@ -78,7 +78,7 @@ def test_image_split_is_an_input_of_the_meta_step_not_a_constant(make_config):
     source = TaskSource({"train": sampler}, CLASSIFICATION, output_dim=5)
     model = MLP(hidden=(16,), output_dim=5)
     learner = maml(lambda p, x: model.apply({"params": p}, x), CLASSIFICATION.loss, inner_lr=0.1)
-    exp = Experiment(config, source, model, learner, optax.adam(1e-3))
+    exp = Experiment(config, source, model, learner, optax.adam(1e-3), prepare_sec=0.0)
     init_key, train_key = rng_streams(0)
     state = init_state(exp, init_key)
 

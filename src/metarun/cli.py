@@ -23,11 +23,14 @@ def _run(cfg: DictConfig) -> float:
 
     try:
         config = validate(cfg)
-        build(config)  # factories check what the schema cannot (e.g. Reptile is first-order)
+        exp = build(config)  # factories check what the schema cannot (e.g. Reptile is first-order)
     except ConfigError as err:
         print(f"metarun: invalid config: {err}", file=sys.stderr)
         sys.exit(2)
-    result = train(config, Path(HydraConfig.get().runtime.output_dir))
+    except FileNotFoundError as err:  # a dataset that is not where data.root says
+        print(f"metarun: missing data: {err}", file=sys.stderr)
+        sys.exit(2)
+    result = train(config, Path(HydraConfig.get().runtime.output_dir), exp)
     return result["mean"]
 
 

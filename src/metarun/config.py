@@ -71,6 +71,85 @@ class SinusoidConfig:
 
 
 @dataclass
+class ImageEpisodes:
+    """Episode sizes shared by the image datasets: val and test use ways/shots/queries."""
+
+    ways: int = 5  # N classes per episode
+    shots: int = 1  # K support examples per class
+    queries: int = 15  # query examples per class (the common 15 of Ravi & Larochelle)
+    train_shots: int | None = None  # meta-training episodes; None = shots
+    train_queries: int | None = None  # meta-training episodes; None = queries
+    rotations: bool = True  # 90° turns of a class are new classes (Omniglot protocol)
+
+    def _check_episodes(self) -> None:
+        _check(self.ways >= 2, "data.ways", self.ways, "must be >= 2 classes per episode")
+        for key in ("shots", "queries", "train_shots", "train_queries"):
+            value = getattr(self, key)
+            _check(value is None or value >= 1, f"data.{key}", value, "must be >= 1")
+
+
+OMNIGLOT_SPLITS = ("minimal1", "minimal2", "characters", "alphabets")
+OMNIGLOT_ARCHIVES = ("background", "evaluation", "small1", "small2")
+
+
+@dataclass
+class OmniglotConfig(ImageEpisodes):
+    """Omniglot (Lake et al. 2015) from the official archives; splits in data/omniglot.py."""
+
+    name: str = "omniglot"
+    source: str = "archives"  # the official zips in `root`, prepared by a TFDS builder
+    root: str = ""  # folder with images_background.zip, ..._small1.zip, ... (TFDS manual dir)
+    download: bool = False  # fetch missing archives from the official URL (checksummed)
+    cache_dir: str = ""  # prepared records + .npz; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
+    split: str = "characters"
+    archives: list[str] = field(default_factory=lambda: ["background", "evaluation"])
+    image_size: int = 28
+    val_fraction: float = 0.15  # of the training characters (alphabets for split=alphabets)
+    val_alphabets: list[str] = field(default_factory=list)  # overrides val_fraction
+    test_alphabets: list[str] = field(default_factory=list)  # split=alphabets; [] = evaluation's
+    split_seed: int = 0  # the shuffle of split=characters and of val_fraction
+
+    def __post_init__(self) -> None:
+        self._check_episodes()
+        _check_choice("data.source", self.source, ("archives",))
+        _check(
+            bool(self.root),
+            "data.root",
+            self.root,
+            "is required: the folder holding the official Omniglot zips "
+            "(images_background.zip, images_evaluation.zip, images_background_small1.zip, "
+            "images_background_small2.zip), e.g. data.root=../shared/data/omniglot",
+        )
+        _check_choice("data.split", self.split, OMNIGLOT_SPLITS)
+        for archive in self.archives:
+            _check_choice("data.archives", archive, OMNIGLOT_ARCHIVES)
+        _check(self.image_size >= 8, "data.image_size", self.image_size, "must be >= 8 pixels")
+        _check(
+            0 < self.val_fraction < 1, "data.val_fraction", self.val_fraction, "must be in (0, 1)"
+        )
+
+
+@dataclass
+class MiniImageNetConfig(ImageEpisodes):
+    """mini-ImageNet, Ravi & Larochelle's 64 / 16 / 20 class split, 84×84×3."""
+
+    name: str = "mini_imagenet"
+    root: str = ""  # train/val/test.csv + images/, or mini-imagenet-cache-*.pkl (TFDS manual dir)
+    cache_dir: str = ""  # prepared records + .npz; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
+    rotations: bool = False
+
+    def __post_init__(self) -> None:
+        self._check_episodes()
+        _check(
+            bool(self.root),
+            "data.root",
+            self.root,
+            "is required: the folder holding train.csv, val.csv, test.csv and images/, or "
+            "mini-imagenet-cache-{train,val,test}.pkl",
+        )
+
+
+@dataclass
 class MLPConfig:
     name: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [40, 40])
@@ -84,6 +163,20 @@ class MLPConfig:
             "every layer width must be >= 1",
         )
         _check_choice("model.activation", self.activation, ("relu", "tanh", "gelu"))
+
+
+@dataclass
+class Conv4Config:
+    """Conv-4 (Vinyals et al. 2016): four 3×3 conv + BatchNorm + ReLU + 2×2 max-pool blocks."""
+
+    name: str = "conv4"
+    filters: int = 64  # 64 on Omniglot, 32 on mini-ImageNet (MAML)
+    strided: bool = False  # MAML's Omniglot variant: stride-2 convolutions, no max-pool
+    conv: str = "auto"  # auto: im2col on CPU, XLA's convolution on GPU/TPU (same result)
+
+    def __post_init__(self) -> None:
+        _check(self.filters >= 1, "model.filters", self.filters, "must be >= 1")
+        _check_choice("model.conv", self.conv, ("auto", "xla", "im2col"))
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -190,7 +283,10 @@ class Config:
 _SCHEMAS = {
     "algo": AlgoConfig,
     "data/sinusoid": SinusoidConfig,
+    "data/omniglot": OmniglotConfig,
+    "data/mini_imagenet": MiniImageNetConfig,
     "model/mlp": MLPConfig,
+    "model/conv4": Conv4Config,
     "optim": OptimConfig,
     "trainer": TrainerConfig,
     "eval": EvalConfig,

@@ -38,16 +38,17 @@ def collect(root: Path) -> list[dict]:
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| run | overrides | algo | data | test metric | mean ± 95% CI | before adaptation "
-        "| episodes | test inner steps | train (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| episodes | test inner steps | train (s) | tasks/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         pre = r.get("pre_adaptation_mean")
+        speed = r.get("tasks_per_sec") or float("nan")
         lines.append(
             f"| {r['run']} | {r['overrides'] or '(defaults)'} | {r.get('algo', '')} "
             f"| {r.get('data', '')} | {r['metric']} | {r['mean']:.4f} ± {r['ci95']:.4f} "
             f"| {'' if pre is None else f'{pre:.4f}'} | {r['episodes']} | {r['inner_steps']} "
-            f"| {r.get('train_sec', float('nan')):.0f} |"
+            f"| {r.get('train_sec', float('nan')):.0f} | {speed:.0f} |"
         )
     return "\n".join(lines)
 

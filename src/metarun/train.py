@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from metarun import algos, data, models, optim
@@ -29,6 +30,10 @@ from metarun.evaluate import episode_keys, evaluate, make_evaluator
 from metarun.types import PRNGKey, TaskSource
 
 log = logging.getLogger(__name__)
+
+# In the run dir: the config as validated, and the meta-parameters the meta-test used.
+CONFIG = "config.yaml"
+BEST_PARAMS = "checkpoints/best"
 
 
 class TrainState(NamedTuple):
@@ -45,13 +50,16 @@ class Experiment(NamedTuple):
     model: nn.Module
     learner: MetaLearner
     optimizer: optax.GradientTransformation
+    prepare_sec: float  # loading the data and putting it on the device
 
 
 # ---------------------------------------------------------------- Build ----
 
 
 def build(config: Config) -> Experiment:
-    source = data.make(config.data)
+    start = time.perf_counter()
+    source = jax.block_until_ready(data.make(config.data))
+    prepare_sec = time.perf_counter() - start
     model = models.make(config.model, source.output_dim)
 
     def apply_fn(params, x):
@@ -59,7 +67,7 @@ def build(config: Config) -> Experiment:
 
     learner = algos.make(config.algo, apply_fn, source.objective)
     optimizer = optim.make(config.optim, config.trainer.steps)
-    return Experiment(config, source, model, learner, optimizer)
+    return Experiment(config, source, model, learner, optimizer, prepare_sec)
 
 
 def rng_streams(seed: int) -> tuple[PRNGKey, PRNGKey]:
@@ -126,10 +134,15 @@ def _fetch(pending: list[dict]) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in stacked.items()}
 
 
-def train(config: Config, run_dir: Path) -> dict[str, Any]:
-    """Meta-train, meta-test and write ``metrics.jsonl``, ``result.json`` and plots to run_dir."""
+def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[str, Any]:
+    """Meta-train, meta-test and write ``metrics.jsonl``, ``result.json`` and plots to run_dir.
+
+    ``exp``: what ``build(config)`` returns, when the caller has built it already.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
-    exp = build(config)
+    exp = build(config) if exp is None else exp
+    # The validated config, for metarun.load (Hydra's .hydra/ exists only under the CLI).
+    (run_dir / CONFIG).write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
     trainer, eval_cfg = config.trainer, config.eval
     objective = exp.source.objective
     init_key, train_key = rng_streams(config.seed)
@@ -145,6 +158,7 @@ def train(config: Config, run_dir: Path) -> dict[str, Any]:
     metric = objective.metric
 
     tracker = loggers.make(config.logger, run_dir)
+    best = _Best(objective.maximize)
     history: list[dict[str, Any]] = []
     pending: list[dict] = []
     last_time, last_step = time.perf_counter(), 0
@@ -169,6 +183,7 @@ def train(config: Config, run_dir: Path) -> dict[str, Any]:
             if trainer.val_every and step % trainer.val_every == 0:
                 val = evaluate(val_eval, state.meta_params, val_sampler, val_keys, metric)
                 record.update({f"val_{metric}": val.mean, f"val_{metric}_ci95": val.ci95})
+                best.offer(step, val.mean, state.meta_params)
             tracker.log(record)
             last_time = time.perf_counter()  # validation and logging are not training speed
             history.append(record)
@@ -180,10 +195,21 @@ def train(config: Config, run_dir: Path) -> dict[str, Any]:
         bar.close()
         tracker.close()
 
-    result = _meta_test(exp, state.meta_params)
+    # The paper protocol: test the meta-parameters that did best on the validation split
+    # (the last ones when validation is off).
+    meta_params = best.params if best.params is not None else state.meta_params
+    save_params(run_dir / BEST_PARAMS, meta_params)
+    result = _meta_test(exp, meta_params)
     result.update(
+        best_step=best.step if best.params is not None else trainer.steps,
+        **({f"best_val_{metric}": best.value} if best.params is not None else {}),
+        prepare_sec=exp.prepare_sec,
         compile_sec=compile_sec,
         train_sec=train_sec,
+        # Steady state: the median over logging intervals after the first (which has warm-up).
+        tasks_per_sec=float(np.median([r["tasks_per_sec"] for r in history[1:] or history]))
+        if history
+        else None,
         steps=trainer.steps,
         algo=config.algo.name,
         data=config.data.name,
@@ -201,8 +227,29 @@ def train(config: Config, run_dir: Path) -> dict[str, Any]:
         result["episodes"],
         result["pre_adaptation_mean"],
     )
-    _plot(exp, state.meta_params, history, run_dir)
+    _plot(exp, meta_params, history, run_dir)
     return result
+
+
+class _Best:
+    """The best validation score so far, its step, and a device copy of its meta-parameters."""
+
+    def __init__(self, maximize: bool):
+        self.maximize, self.step, self.value, self.params = maximize, 0, None, None
+
+    def offer(self, step: int, value: float, params) -> None:
+        better = self.value is None or (value > self.value if self.maximize else value < self.value)
+        if better:
+            # A copy: the meta-step donates (reuses) the buffers of the state it is given.
+            self.step, self.value, self.params = step, value, jax.tree.map(jnp.copy, params)
+
+
+def save_params(path: Path, meta_params) -> None:
+    """Write the meta-parameters as an orbax checkpoint (``metarun.load`` reads it back)."""
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(path.absolute(), meta_params, force=True)
 
 
 # ----------------------------------------------------------- Meta-test ----

@@ -34,11 +34,13 @@ class Objective(NamedTuple):
       loss: ``(predictions, targets) -> scalar``, mean over the set; the inner and outer loss.
       metrics: ``(predictions, targets) -> dict`` of scalars, always with ``"loss"``.
       metric: name of the headline metric in ``metrics`` (reported in ``result.json``).
+      maximize: whether a larger ``metric`` is better (selects the best validation step).
     """
 
     loss: Callable[[Array, Array], Array]
     metrics: Callable[[Array, Array], dict[str, Array]]
     metric: str
+    maximize: bool
 
 
 def mse(predictions: Array, targets: Array) -> Array:
@@ -60,8 +62,25 @@ def _classification_metrics(logits: Array, labels: Array) -> dict[str, Array]:
     return {"loss": cross_entropy(logits, labels), "accuracy": accuracy}
 
 
-REGRESSION = Objective(loss=mse, metrics=_regression_metrics, metric="mse")
-CLASSIFICATION = Objective(loss=cross_entropy, metrics=_classification_metrics, metric="accuracy")
+REGRESSION = Objective(mse, _regression_metrics, metric="mse", maximize=False)
+CLASSIFICATION = Objective(cross_entropy, _classification_metrics, metric="accuracy", maximize=True)
+
+
+class DataSpec(NamedTuple):
+    """What a model trained on a dataset needs to know about it, without loading the data.
+
+    Attributes:
+      objective: how predictions are scored.
+      output_dim: size of the model's output (1 for regression, ``ways`` for classification).
+      input_shape: shape of one model input, e.g. ``(28, 28, 1)``.
+      preprocess: raw user inputs (numpy, as the dataset's files hold them) -> model inputs,
+        the transformation the training data went through.
+    """
+
+    objective: Objective
+    output_dim: int
+    input_shape: tuple[int, ...]
+    preprocess: Callable[[Any], Any]
 
 
 class TaskSource(NamedTuple):

@@ -26,7 +26,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from metarun.types import Episode, PRNGKey
+from metarun.config import ConfigError
+from metarun.types import CLASSIFICATION, DataSpec, Episode, PRNGKey, TaskSource
 
 
 def _check(shape, dtype, *, ways: int, shots: int, queries: int, rotations: bool) -> None:
@@ -125,3 +126,58 @@ def make_sampler(
         sample_episode, ways=ways, shots=shots, queries=queries, rotations=rotations
     )
     return jax.tree_util.Partial(episode, images=images)
+
+
+def image_spec(ways: int, size: int, channels: int, invert: bool) -> DataSpec:
+    """The :class:`DataSpec` of ``ways``-way classification of ``size × size × channels`` images.
+
+    Raw images reach the model through :func:`metarun.data.arrays.prepare_images`, the steps
+    the dataset's preparation took (``invert``: Omniglot's dark strokes become ink = 1).
+    """
+    from metarun.data.arrays import prepare_images
+
+    prepare = functools.partial(prepare_images, size=size, channels=channels, invert=invert)
+    return DataSpec(CLASSIFICATION, ways, (size, size, channels), prepare)
+
+
+def image_task_source(images: dict, cfg) -> TaskSource:
+    """The :class:`TaskSource` of an image dataset: one sampler per split, classification.
+
+    Args:
+      images: split name (``train``, ``val``, ``test``) -> ``uint8 [classes, samples, H, W, C]``.
+      cfg: the data config; ``ways``, ``shots``, ``queries`` give the evaluation episodes (val
+        and test), ``train_shots`` and ``train_queries`` (None: the same) the training ones.
+
+    Raises:
+      ConfigError: naming the key, when a split cannot serve the episodes asked for.
+    """
+    from metarun.plots import plot_episodes
+
+    samplers = {}
+    for split, array in images.items():
+        train = split == "train"
+        shots = cfg.train_shots if train and cfg.train_shots else cfg.shots
+        queries = cfg.train_queries if train and cfg.train_queries else cfg.queries
+        classes, samples = array.shape[:2]
+        pool = 4 * classes if cfg.rotations else classes
+        if cfg.ways > pool:
+            rotated = f" ({classes} × 4 rotations)" if cfg.rotations else ""
+            raise ConfigError(
+                f"data.ways={cfg.ways} is invalid: the {split} split of data={cfg.name} has "
+                f"{pool} classes{rotated}; ask for fewer ways or choose a larger split"
+            )
+        if shots + queries > samples:
+            prefix = "data.train_" if train and (cfg.train_shots or cfg.train_queries) else "data."
+            raise ConfigError(
+                f"{prefix}shots + {prefix}queries = {shots} + {queries} is invalid: the {split} "
+                f"split of data={cfg.name} has {samples} samples per class"
+            )
+        samplers[split] = make_sampler(
+            array, ways=cfg.ways, shots=shots, queries=queries, rotations=cfg.rotations
+        )
+    return TaskSource(
+        samplers=samplers,
+        objective=CLASSIFICATION,
+        output_dim=cfg.ways,
+        plot=functools.partial(plot_episodes, sampler=samplers["test"]),
+    )

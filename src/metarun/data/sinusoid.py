@@ -13,9 +13,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from metarun.data import sources
-from metarun.types import REGRESSION, Episode, PRNGKey, TaskSource
+from metarun.data import sources, specs
+from metarun.types import REGRESSION, DataSpec, Episode, PRNGKey, TaskSource
 
 
 class Sinusoid(NamedTuple):
@@ -52,7 +53,6 @@ def plot(learner, meta_params, inner_steps: int, path, cfg, key: PRNGKey | None 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     key = jax.random.PRNGKey(0) if key is None else key
     k_task, k_support = jax.random.split(key)
@@ -77,6 +77,16 @@ def plot(learner, meta_params, inner_steps: int, path, cfg, key: PRNGKey | None 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+@specs.register("sinusoid")
+def spec(cfg) -> DataSpec:
+    return DataSpec(REGRESSION, output_dim=1, input_shape=(1,), preprocess=_as_points)
+
+
+def _as_points(x) -> np.ndarray:
+    """Inputs ``x`` as ``float32 [n, 1]`` (a flat list of n points is accepted)."""
+    return np.asarray(x, np.float32).reshape(-1, 1)
 
 
 @sources.register("sinusoid")
