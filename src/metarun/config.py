@@ -179,6 +179,24 @@ class Conv4Config:
         _check_choice("model.conv", self.conv, ("auto", "xla", "im2col"))
 
 
+@dataclass
+class ResNet12Config:
+    """ResNet-12 (TADAM, MetaOptNet): four residual blocks, per-task BatchNorm, mean-pooled."""
+
+    name: str = "resnet12"
+    channels: list[int] = field(default_factory=lambda: [64, 160, 320, 640])  # MetaOptNet
+    conv: str = "auto"  # auto: im2col on CPU, XLA's convolution on GPU/TPU (same result)
+
+    def __post_init__(self) -> None:
+        _check(
+            len(self.channels) >= 1 and all(c >= 1 for c in self.channels),
+            "model.channels",
+            self.channels,
+            "must be a non-empty list of widths >= 1",
+        )
+        _check_choice("model.conv", self.conv, ("auto", "xla", "im2col"))
+
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
 
@@ -287,6 +305,7 @@ _SCHEMAS = {
     "data/mini_imagenet": MiniImageNetConfig,
     "model/mlp": MLPConfig,
     "model/conv4": Conv4Config,
+    "model/resnet12": ResNet12Config,
     "optim": OptimConfig,
     "trainer": TrainerConfig,
     "eval": EvalConfig,
