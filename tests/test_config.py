@@ -89,3 +89,36 @@ def test_unknown_key_and_wrong_type_fail_at_composition():
         compose(["algo.inner_lrr=0.1"])
     with pytest.raises(ConfigCompositionException, match="algo.inner_lr=abc"):
         compose(["algo.inner_lr=abc"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        # MAML's Omniglot settings, its strided Conv-4 included.
+        (
+            ["data=omniglot"],
+            {"algo.inner_lr": 0.4, "model.strided": True, "trainer.meta_batch": 32},
+        ),
+        # Command-line values win over the preset.
+        (
+            ["data=omniglot", "algo.inner_lr=0.1", "model.strided=false"],
+            {"algo.inner_lr": 0.1, "model.strided": False},
+        ),
+        # Another model on the same data: the algorithm preset stays, the Conv-4 variant does not.
+        (["data=omniglot", "model=resnet12"], {"algo.inner_lr": 0.4, "model.name": "resnet12"}),
+        (
+            ["data=mini_imagenet"],
+            {"model.filters": 32, "algo.inner_steps": 5, "eval.inner_steps": 10},
+        ),
+        (["data=mini_imagenet", "model=mlp"], {"model.name": "mlp", "algo.inner_steps": 5}),
+        (["data=mini_imagenet", "algo=metasgd"], {"algo.inner_steps": 1, "eval.inner_steps": 1}),
+        (["data=sinusoid"], {"algo.inner_lr": 0.01, "model.name": "mlp"}),
+    ],
+)
+def test_paper_presets_apply_and_the_command_line_wins(overrides, expected):
+    cfg = compose(
+        [*overrides, "data.root=unused"] if overrides[0] != "data=sinusoid" else overrides
+    )
+    for key, value in expected.items():
+        group, name = key.split(".")
+        assert cfg[group][name] == value, key

@@ -2,11 +2,12 @@
 
 import json
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from metarun.evaluate import confidence_interval, episode_keys
-from metarun.train import train
+from metarun.train import _Best, train
 
 
 def test_run_dir_holds_metrics_result_and_plots(make_config, tmp_path):
@@ -87,3 +88,20 @@ def test_image_split_is_an_input_of_the_meta_step_not_a_constant(make_config):
     state, metrics = jax.jit(make_meta_step(exp))(state, train_key, sampler)
     assert set(metrics) == {"loss", "accuracy", "grad_norm"}
     assert 0.0 <= float(metrics["accuracy"]) <= 1.0 and np.isfinite(float(metrics["loss"]))
+
+
+@pytest.mark.parametrize(
+    ("maximize", "scores", "best_step"),
+    [
+        (True, [0.5, 0.7, 0.6], 2),  # accuracy
+        (False, [0.5, 0.7, 0.3], 3),  # mse
+        (False, [float("nan"), 0.9, 0.4], 3),  # a NaN is never the best
+    ],
+)
+def test_the_best_validation_step_is_kept(maximize, scores, best_step):
+    best = _Best(maximize)
+    for step, score in enumerate(scores, start=1):
+        params = {"w": jnp.full((2,), float(step))}
+        best.offer(step, score, params)
+    assert best.step == best_step and best.value == scores[best_step - 1]
+    np.testing.assert_array_equal(best.params["w"], [best_step, best_step])

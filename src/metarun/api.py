@@ -4,7 +4,7 @@
     learner = metarun.load("outputs/2026-11-22/10-00-00")
     labels = learner.predict(support_images, support_labels, query_images)
 
-``load`` rebuilds the model and algorithm from the run's saved config (``.hydra/config.yaml``)
+``load`` rebuilds the model and algorithm from the run's saved config (``config.yaml``)
 and restores the meta-parameters the meta-test used (``checkpoints/best``) without loading the
 training data. ``predict`` applies the dataset's preprocessing to raw inputs, adapts on the
 support set with the algorithm's own ``adapt`` and predicts the query set in one batch, as the

@@ -238,6 +238,8 @@ class _Best:
         self.maximize, self.step, self.value, self.params = maximize, 0, None, None
 
     def offer(self, step: int, value: float, params) -> None:
+        if not np.isfinite(value):  # never "best": a NaN would also defeat every comparison
+            return
         better = self.value is None or (value > self.value if self.maximize else value < self.value)
         if better:
             # A copy: the meta-step donates (reuses) the buffers of the state it is given.

@@ -122,6 +122,11 @@ def test_listed_alphabets_are_used_and_unknown_ones_are_named():
     splits = omniglot.split_characters(FULL, cfg)
     assert alphabets_of(FULL, splits["test"]) == {"B0", "E3"}
     assert alphabets_of(FULL, splits["val"]) == {"B1"}
+    with pytest.raises(
+        ConfigError,
+        match=r"test_alphabets=\['B0'\] is invalid: it is read by data.split=alphabets only",
+    ):
+        omniglot.split_characters(FULL, data_config(split="characters", test_alphabets="[B0]"))
     with pytest.raises(ConfigError, match=r"data.val_alphabets=\['Klingon'\] is invalid"):
         omniglot.split_characters(FULL, data_config(val_alphabets="[Klingon]"))
 

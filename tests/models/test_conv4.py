@@ -100,6 +100,12 @@ def test_images_without_a_channel_axis_are_refused():
         conv4.Conv4(filters=4, output_dim=5).init(jax.random.PRNGKey(0), np.zeros((2, 28, 28)))
 
 
+def test_images_too_small_to_pool_four_times_are_refused():
+    # 15×15 would pool to 0×0 and leave the head no features: constant logits, no learning.
+    with pytest.raises(ValueError, match="at least 16×16 .* use model.strided=true"):
+        conv4.Conv4(filters=4, output_dim=5).init(jax.random.PRNGKey(0), np.zeros((2, 15, 15, 1)))
+
+
 def test_each_task_is_normalised_with_its_own_batch():
     model = conv4.Conv4(filters=8, output_dim=5)
     tasks = images(0, 3 * 5).reshape(3, 5, 16, 16, 1)

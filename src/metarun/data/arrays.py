@@ -94,9 +94,9 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
 def prepare_images(images, size: int, channels: int, invert: bool) -> np.ndarray:
     """Raw images as a user has them -> ``float32 [n, size, size, channels]`` in [0, 1].
 
-    The same steps as the dataset's preparation: to ``channels`` (grey = the channel mean,
-    grey to RGB by repetition), ``255 - x`` when ``invert`` (Omniglot: dark strokes become
-    ink = 1), Lanczos :func:`resize`, ``/ 255``.
+    The same steps as the dataset's preparation: to ``channels`` (RGB to grey with Pillow's
+    ``convert("L")`` weights, grey to RGB by repetition), ``255 - x`` when ``invert``
+    (Omniglot: dark strokes become ink = 1), Lanczos :func:`resize`, ``/ 255``.
 
     Args:
       images: ``uint8`` ``[n, H, W]`` or ``[n, H, W, 1 | 3]``, any ``H × W``; floats in
@@ -106,7 +106,7 @@ def prepare_images(images, size: int, channels: int, invert: bool) -> np.ndarray
     if x.dtype == bool:
         x = x.astype(np.uint8) * 255
     elif x.dtype != np.uint8:
-        if x.min() < 0 or x.max() > 1:
+        if x.size and (x.min() < 0 or x.max() > 1):
             raise ValueError(
                 f"float images must lie in [0, 1] (uint8 / 255), got [{x.min()}, {x.max()}]"
             )
@@ -116,11 +116,10 @@ def prepare_images(images, size: int, channels: int, invert: bool) -> np.ndarray
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
         raise ValueError(f"images must be [n, H, W] or [n, H, W, 1 or 3], got shape {x.shape}")
     if x.shape[-1] != channels:
-        x = (
-            np.repeat(x, 3, axis=-1)
-            if channels == 3
-            else np.round(x.mean(-1, keepdims=True)).astype(np.uint8)
-        )
+        if channels == 3:
+            x = np.repeat(x, 3, axis=-1)
+        else:  # ITU-R 601-2 luma, as Pillow's convert("L")
+            x = np.round(x @ np.array([0.299, 0.587, 0.114])[:, None]).astype(np.uint8)
     if invert:
         x = 255 - x
     return np.stack([resize(image, size) for image in x]).astype(np.float32) / 255.0

@@ -11,15 +11,18 @@ divided into train, val and test classes, each split is put on the device once a
   Balinese, Early Aramaic, Korean).
 * ``characters``: the protocol of Vinyals et al. (2016), MAML and Prototypical Networks: all
   characters of ``data.archives`` shuffled (seed ``data.split_seed``), 423 of every 1,623 for
-  test as in the ProtoNet split, the rest train; alphabets are shared between the splits. The
-  exact Vinyals character lists are not distributed with the data; this is their proportion.
+  test as in the ProtoNet split (1,200 train + val, 423 test on full data), the rest train;
+  alphabets are shared between the splits. The exact Vinyals character lists are not
+  distributed with the data; this is their proportion.
 * ``alphabets``: alphabet-disjoint, as Lake et al.'s background/evaluation division: test is
   ``data.test_alphabets`` (empty: every alphabet of ``images_evaluation.zip``), the rest train.
 
 Validation is ``data.val_alphabets`` when given, else a seeded ``data.val_fraction`` of the
-training characters (of the training alphabets for ``alphabets``). With ``data.rotations``
-every split's characters also appear turned by 90°, 180° and 270° as new classes (Santoro et
-al. 2016), the augmentation of MAML and ProtoNet: 4 × 1,200 training classes on full data.
+training characters (of the training alphabets for ``alphabets``): on full data with
+``characters``, 1,020 train and 180 val characters (ProtoNet: 1,028 and 172). With
+``data.rotations`` every split's characters also appear turned by 90°, 180° and 270° as new
+classes (Santoro et al. 2016), the augmentation of MAML and ProtoNet: 4 × 1,020 training
+classes on full data.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from metarun.data.episodes import image_spec, image_task_source
 from metarun.data.omniglot_tfds import load_omniglot
 from metarun.types import DataSpec
 
-# Prototypical Networks' split of the 1,623 characters: 1,028 train + 172 val, 423 test.
+# Prototypical Networks' split of the 1,623 characters: 1,200 train + val, 423 test.
 TEST_SHARE = 423 / 1623
 
 
@@ -45,11 +48,12 @@ def _archives(cfg) -> tuple[str, ...]:
 
 
 def _held_out(units: list[str], fraction: float, seed: int, key: str) -> set[str]:
-    """A seeded ``fraction`` of ``units`` (at least one, never all)."""
+    """A seeded ``fraction`` of ``units`` (at least one, never all); ``key`` names the cause."""
     count = max(1, round(fraction * len(units)))
     if count >= len(units):
         raise ConfigError(
-            f"{key}={fraction} is invalid: it leaves no training classes among {len(units)}"
+            f"{key} is invalid: holding out {fraction:.0%} of {len(units)} leaves none to "
+            "train on; use more archives or a smaller fraction"
         )
     order = np.random.default_rng(seed).permutation(len(units))
     return {units[i] for i in order[:count]}
@@ -64,7 +68,7 @@ def split_characters(loaded: dict, cfg) -> dict[str, list[int]]:
         own = _archives(cfg)[0]
         test = {c for c, a in zip(characters, loaded["archives"], strict=True) if a != own}
     elif cfg.split == "characters":
-        test = _held_out(characters, TEST_SHARE, cfg.split_seed, "data.split")
+        test = _held_out(characters, TEST_SHARE, cfg.split_seed, "data.archives")
     else:  # alphabets
         origin = zip(alphabets, loaded["archives"], strict=True)
         test_alphabets = set(cfg.test_alphabets) or {a for a, o in origin if o == "evaluation"}
@@ -76,6 +80,11 @@ def split_characters(loaded: dict, cfg) -> dict[str, list[int]]:
             )
         test = {c for c, a in zip(characters, alphabets, strict=True) if a in test_alphabets}
 
+    if cfg.test_alphabets and cfg.split != "alphabets":
+        raise ConfigError(
+            f"data.test_alphabets={list(cfg.test_alphabets)} is invalid: it is read by "
+            f"data.split=alphabets only (data.split={cfg.split})"
+        )
     for key in ("data.test_alphabets", "data.val_alphabets"):
         unknown = set(getattr(cfg, key.split(".")[1])) - set(known)
         if unknown:
@@ -89,10 +98,13 @@ def split_characters(loaded: dict, cfg) -> dict[str, list[int]]:
         val = {c for c in rest if c.split("/")[0] in set(cfg.val_alphabets)}
     elif cfg.split == "alphabets":
         rest_alphabets = sorted({c.split("/")[0] for c in rest})
-        held = _held_out(rest_alphabets, cfg.val_fraction, cfg.split_seed, "data.val_fraction")
+        fraction = f"data.val_fraction={cfg.val_fraction}"
+        held = _held_out(rest_alphabets, cfg.val_fraction, cfg.split_seed, fraction)
         val = {c for c in rest if c.split("/")[0] in held}
     else:
-        val = _held_out(rest, cfg.val_fraction, cfg.split_seed + 1, "data.val_fraction")
+        val = _held_out(
+            rest, cfg.val_fraction, cfg.split_seed + 1, f"data.val_fraction={cfg.val_fraction}"
+        )
     index = {c: i for i, c in enumerate(characters)}
     splits = {
         "train": [index[c] for c in rest if c not in val],

@@ -186,6 +186,11 @@ class Conv4(nn.Module):
         """The features before the head. ``init(..., method="embed")`` creates no head."""
         if x.ndim != 4:
             raise ValueError(f"Conv4 expects images [batch, H, W, C]; got shape {x.shape}")
+        if not self.strided and min(x.shape[1:3]) < 16:
+            raise ValueError(
+                f"Conv4 with max-pooling needs images of at least 16×16 (four halvings), got "
+                f"{x.shape[1]}×{x.shape[2]}: use model.strided=true or a larger data.image_size"
+            )
         for block in self.blocks:
             x = block(x)
         if self.strided:
