@@ -240,6 +240,7 @@ class TrainerConfig:
     log_every: int = 500  # fetch metrics from the device every N steps
     val_every: int = 5000  # meta-validate every N steps (a multiple of log_every; 0 = never)
     progress: bool = True  # show a progress bar
+    devices: str = "all"  # split each meta-batch over this many local devices ("all" or N)
 
     def __post_init__(self) -> None:
         _check(self.steps >= 0, "trainer.steps", self.steps, "must be >= 0")
@@ -250,6 +251,12 @@ class TrainerConfig:
             "must be >= 1 task per outer update",
         )
         _check(self.log_every >= 1, "trainer.log_every", self.log_every, "must be >= 1")
+        _check(
+            self.devices == "all" or (self.devices.isdigit() and int(self.devices) >= 1),
+            "trainer.devices",
+            self.devices,
+            "must be all or a device count >= 1",
+        )
         _check(
             self.val_every >= 0 and self.val_every % self.log_every == 0,
             "trainer.val_every",

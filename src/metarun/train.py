@@ -19,13 +19,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from metarun import algos, data, models, optim
 from metarun import logger as loggers
 from metarun.algos.base import MetaLearner, outer_grad
-from metarun.config import Config
+from metarun.config import Config, ConfigError
 from metarun.evaluate import episode_keys, evaluate, make_evaluator
 from metarun.types import PRNGKey, TaskSource
 
@@ -87,18 +89,47 @@ def init_state(exp: Experiment, key: PRNGKey) -> TrainState:
 # ---------------------------------------------------------- Meta-step ----
 
 
-def make_meta_step(exp: Experiment):
+def task_mesh(devices: str, meta_batch: int) -> Mesh:
+    """A 1-D mesh over ``trainer.devices`` local devices; the meta-batch is split along it."""
+    local = jax.local_devices()
+    n = len(local) if devices == "all" else int(devices)
+    if n > len(local):
+        raise ConfigError(
+            f"trainer.devices={devices} is invalid: this process sees {len(local)} "
+            f"{jax.default_backend()} device(s)"
+        )
+    if meta_batch % n:
+        raise ConfigError(
+            f"trainer.meta_batch={meta_batch} is invalid: it must be a multiple of the "
+            f"{n} devices of trainer.devices={devices}"
+        )
+    # Auto axes: XLA propagates the split from the keys to everything computed from them.
+    auto = (jax.sharding.AxisType.Auto,)
+    return jax.make_mesh((n,), ("tasks",), devices=local[:n], axis_types=auto)
+
+
+def replicate(tree, mesh: Mesh):
+    """``tree`` copied onto every device of ``mesh`` (parameters, optimizer state, datasets)."""
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def make_meta_step(exp: Experiment, mesh: Mesh | None = None):
     """``meta_step(state, train_key, sample) -> (state, metrics)``, pure; jit it at the call site.
 
     ``sample`` is the train split's sampler (``exp.source.samplers["train"]``), an argument so
     that the split's arrays are inputs of the compiled program rather than constants in it.
+    With a ``mesh`` the tasks of the meta-batch are split over its devices, each sampling and
+    adapting its share; XLA averages the meta-gradient across them (an all-reduce).
     """
     meta_batch = exp.config.trainer.meta_batch
     inner_steps = exp.config.algo.inner_steps
 
     def meta_step(state: TrainState, train_key: PRNGKey, sample):
         key = jax.random.fold_in(train_key, state.step)
-        episodes = jax.vmap(sample)(jax.random.split(key, meta_batch))
+        keys = jax.random.split(key, meta_batch)
+        if mesh is not None and mesh.size > 1:
+            keys = jax.lax.with_sharding_constraint(keys, NamedSharding(mesh, P("tasks")))
+        episodes = jax.vmap(sample)(keys)
         grads, metrics = outer_grad(
             exp.learner, exp.source.objective, state.meta_params, episodes, inner_steps
         )
@@ -110,17 +141,22 @@ def make_meta_step(exp: Experiment):
     return meta_step
 
 
-def compile_meta_step(exp: Experiment, state: TrainState, train_key: PRNGKey):
+def compile_meta_step(
+    exp: Experiment, state: TrainState, train_key: PRNGKey, sample=None, mesh: Mesh | None = None
+):
     """Ahead-of-time compile with the state donated; returns (compiled step, seconds).
 
-    Call it as ``step(state, train_key, exp.source.samplers["train"])``.
+    Call it as ``step(state, train_key, sample)``; ``sample`` defaults to
+    ``exp.source.samplers["train"]``. With a ``mesh``, pass ``state`` and ``sample`` through
+    :func:`replicate` first.
 
     A compiled executable cannot silently recompile: a changed shape or dtype
     raises instead, so every step after the first runs the same program.
     """
     start = time.perf_counter()
-    sample = exp.source.samplers["train"]
-    compiled = jax.jit(make_meta_step(exp), donate_argnums=0).lower(state, train_key, sample)
+    sample = exp.source.samplers["train"] if sample is None else sample
+    step = jax.jit(make_meta_step(exp, mesh), donate_argnums=0)
+    compiled = step.lower(state, train_key, sample)
     compiled = compiled.compile()
     return compiled, time.perf_counter() - start
 
@@ -146,11 +182,13 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
     trainer, eval_cfg = config.trainer, config.eval
     objective = exp.source.objective
     init_key, train_key = rng_streams(config.seed)
-    state = init_state(exp, init_key)
-    meta_step, compile_sec = compile_meta_step(exp, state, train_key)
-    log.info("meta-step compiled in %.1f s", compile_sec)
+    mesh = task_mesh(trainer.devices, trainer.meta_batch)
+    state = replicate(init_state(exp, init_key), mesh)
+    train_sampler = replicate(exp.source.samplers["train"], mesh)
+    meta_step, compile_sec = compile_meta_step(exp, state, train_key, train_sampler, mesh)
+    log.info("meta-step compiled in %.1f s for %d device(s)", compile_sec, mesh.size)
 
-    train_sampler, val_sampler = exp.source.samplers["train"], exp.source.samplers["val"]
+    val_sampler = exp.source.samplers["val"]
     val_eval = make_evaluator(
         exp.learner, objective, inner_steps=eval_cfg.inner_steps, batch=eval_cfg.batch
     )
