@@ -105,3 +105,16 @@ def test_the_best_validation_step_is_kept(maximize, scores, best_step):
         best.offer(step, score, params)
     assert best.step == best_step and best.value == scores[best_step - 1]
     np.testing.assert_array_equal(best.params["w"], [best_step, best_step])
+
+
+def test_a_host_transfer_inside_a_training_step_is_an_error(make_config, tmp_path, monkeypatch):
+    # The loop runs each step under jax.transfer_guard("disallow"): a training key left on
+    # the host (numpy) would be copied to the device every step, and must fail instead.
+    import metarun.train as train_module
+
+    real = train_module.rng_streams
+    monkeypatch.setattr(
+        train_module, "rng_streams", lambda seed: tuple(np.asarray(k) for k in real(seed))
+    )
+    with pytest.raises(Exception, match="host-to-device transfer"):
+        train(make_config(), tmp_path)

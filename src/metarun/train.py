@@ -204,7 +204,9 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
     bar = tqdm(total=trainer.steps, unit="step", disable=not trainer.progress, dynamic_ncols=True)
     try:
         for step in range(1, trainer.steps + 1):
-            state, metrics = meta_step(state, train_key, train_sampler)
+            # No host<->device copy may hide in a step: one would stall the pipeline each step.
+            with jax.transfer_guard("disallow"):
+                state, metrics = meta_step(state, train_key, train_sampler)
             pending.append(metrics)
             bar.update()
             if step % trainer.log_every and step != trainer.steps:
