@@ -1,5 +1,7 @@
 """``metarun.load(run_dir).predict``: raw inputs in, the evaluation's own predictions out."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -48,7 +50,8 @@ def raw_omniglot(x: np.ndarray) -> np.ndarray:
 def test_predict_on_raw_images_reproduces_the_evaluation(omniglot_run):
     learner = metarun.load(omniglot_run)
     source = data.make(learner.config.data)
-    keys = episode_keys(learner.config.eval.seed, "test", 6)
+    # The meta-test's own episodes: predict must reproduce result.json, episode by episode.
+    keys = episode_keys(learner.config.eval.seed, "test", learner.config.eval.episodes)
     steps = learner.config.eval.inner_steps
     evaluator = make_evaluator(learner._learner, source.objective, inner_steps=steps, batch=3)
     reported = np.asarray(evaluator(learner.meta_params, source.samplers["test"], keys)["accuracy"])
@@ -65,6 +68,8 @@ def test_predict_on_raw_images_reproduces_the_evaluation(omniglot_run):
         assert predicted.dtype == LETTERS.dtype
         ours.append(np.mean(predicted == LETTERS[episode.query_y]))
     np.testing.assert_allclose(ours, reported, atol=1e-6)
+    result = json.loads((omniglot_run / "result.json").read_text())
+    assert np.mean(ours) == pytest.approx(result["mean"], abs=1e-6)
     assert np.mean(ours) > 0.3  # chance is 0.2: the loaded parameters are the trained ones
 
 
