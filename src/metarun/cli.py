@@ -19,10 +19,12 @@ from metarun.config import ConfigError, conf_dir, register_configs, validate
 
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
 def _run(cfg: DictConfig) -> float:
+    from metarun import distributed
     from metarun.train import build, train
 
     try:
         config = validate(cfg)
+        distributed.initialize(config.trainer)  # before any computation
         exp = build(config)  # factories check what the schema cannot (e.g. Reptile is first-order)
     except ConfigError as err:
         print(f"metarun: invalid config: {err}", file=sys.stderr)

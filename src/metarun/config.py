@@ -240,7 +240,11 @@ class TrainerConfig:
     log_every: int = 500  # fetch metrics from the device every N steps
     val_every: int = 5000  # meta-validate every N steps (a multiple of log_every; 0 = never)
     progress: bool = True  # show a progress bar
-    devices: str = "all"  # split each meta-batch over this many local devices ("all" or N)
+    devices: str = "all"  # split each meta-batch over this many devices ("all" or N)
+    distributed: str = "auto"  # join other processes: auto (under SLURM), on, off
+    coordinator: str = ""  # host:port of process 0, for distributed=on outside SLURM
+    num_processes: int = 1  # with coordinator
+    process_id: int = 0  # with coordinator: this process, 0 .. num_processes - 1
 
     def __post_init__(self) -> None:
         _check(self.steps >= 0, "trainer.steps", self.steps, "must be >= 0")
@@ -257,6 +261,20 @@ class TrainerConfig:
             self.devices,
             "must be all or a device count >= 1",
         )
+        _check_choice("trainer.distributed", self.distributed, ("auto", "on", "off"))
+        if self.coordinator:
+            _check(
+                self.num_processes >= 2,
+                "trainer.num_processes",
+                self.num_processes,
+                "must be >= 2 with trainer.coordinator",
+            )
+            _check(
+                0 <= self.process_id < self.num_processes,
+                "trainer.process_id",
+                self.process_id,
+                f"must be in 0 .. trainer.num_processes - 1 = {self.num_processes - 1}",
+            )
         _check(
             self.val_every >= 0 and self.val_every % self.log_every == 0,
             "trainer.val_every",

@@ -28,6 +28,7 @@ from metarun import algos, data, models, optim
 from metarun import logger as loggers
 from metarun.algos.base import MetaLearner, outer_grad
 from metarun.config import Config, ConfigError
+from metarun.distributed import is_lead
 from metarun.evaluate import episode_keys, evaluate, make_evaluator
 from metarun.types import PRNGKey, TaskSource
 
@@ -90,12 +91,13 @@ def init_state(exp: Experiment, key: PRNGKey) -> TrainState:
 
 
 def task_mesh(devices: str, meta_batch: int) -> Mesh:
-    """A 1-D mesh over ``trainer.devices`` local devices; the meta-batch is split along it."""
-    local = jax.local_devices()
+    """A 1-D mesh over ``trainer.devices`` devices (of every process of a multi-process run);
+    the meta-batch is split along it."""
+    local = jax.devices()
     n = len(local) if devices == "all" else int(devices)
     if n > len(local):
         raise ConfigError(
-            f"trainer.devices={devices} is invalid: this process sees {len(local)} "
+            f"trainer.devices={devices} is invalid: this run has {len(local)} "
             f"{jax.default_backend()} device(s)"
         )
     if meta_batch % n:
@@ -177,8 +179,9 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     exp = build(config) if exp is None else exp
-    # The validated config, for metarun.load (Hydra's .hydra/ exists only under the CLI).
-    (run_dir / CONFIG).write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+    lead = is_lead()  # in a multi-process run, only process 0 writes files
+    if lead:  # the validated config, for metarun.load (.hydra/ exists only under the CLI)
+        (run_dir / CONFIG).write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
     trainer, eval_cfg = config.trainer, config.eval
     objective = exp.source.objective
     init_key, train_key = rng_streams(config.seed)
@@ -188,14 +191,14 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
     meta_step, compile_sec = compile_meta_step(exp, state, train_key, train_sampler, mesh)
     log.info("meta-step compiled in %.1f s for %d device(s)", compile_sec, mesh.size)
 
-    val_sampler = exp.source.samplers["val"]
+    val_sampler = replicate(exp.source.samplers["val"], mesh)
     val_eval = make_evaluator(
         exp.learner, objective, inner_steps=eval_cfg.inner_steps, batch=eval_cfg.batch
     )
     val_keys = episode_keys(eval_cfg.seed, "val", eval_cfg.val_episodes)
     metric = objective.metric
 
-    tracker = loggers.make(config.logger, run_dir)
+    tracker = loggers.make(config.logger, run_dir) if lead else loggers.MultiLogger([])
     best = _Best(objective.maximize)
     history: list[dict[str, Any]] = []
     pending: list[dict] = []
@@ -239,7 +242,7 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
     # (the last ones when validation is off).
     meta_params = best.params if best.params is not None else state.meta_params
     save_params(run_dir / BEST_PARAMS, meta_params)
-    result = _meta_test(exp, meta_params)
+    result = _meta_test(exp, meta_params, mesh)
     result.update(
         best_step=best.step if best.params is not None else trainer.steps,
         **({f"best_val_{metric}": best.value} if best.params is not None else {}),
@@ -255,7 +258,8 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
         data=config.data.name,
         seed=config.seed,
     )
-    (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    if lead:
+        (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     steps = result["inner_steps"]
     log.info(
         "test %s after %d step%s: %.4f ± %.4f (95%% CI, %d episodes; before adaptation %.4f)",
@@ -267,7 +271,8 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
         result["episodes"],
         result["pre_adaptation_mean"],
     )
-    _plot(exp, meta_params, history, run_dir)
+    if lead:
+        _plot(exp, meta_params, history, run_dir)
     return result
 
 
@@ -297,11 +302,11 @@ def save_params(path: Path, meta_params) -> None:
 # ----------------------------------------------------------- Meta-test ----
 
 
-def _meta_test(exp: Experiment, meta_params) -> dict[str, Any]:
+def _meta_test(exp: Experiment, meta_params, mesh: Mesh) -> dict[str, Any]:
     """Final evaluation on the test split, after ``eval.inner_steps`` and before adapting."""
     eval_cfg, objective = exp.config.eval, exp.source.objective
     keys = episode_keys(eval_cfg.seed, "test", eval_cfg.episodes)
-    test_sampler = exp.source.samplers["test"]
+    test_sampler = replicate(exp.source.samplers["test"], mesh)
     result: dict[str, Any] = {"metric": objective.metric}
     for steps, prefix in ((eval_cfg.inner_steps, ""), (0, "pre_adaptation_")):
         evaluator = make_evaluator(exp.learner, objective, inner_steps=steps, batch=eval_cfg.batch)
