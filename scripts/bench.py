@@ -38,6 +38,8 @@ WORKLOADS = {
     "fomaml-omniglot": ["algo=fomaml", *OMNIGLOT],
     # The same step with max-pooling (Vinyals et al.'s Conv-4) instead of strides.
     "maml-omniglot-maxpool": ["algo=maml", *OMNIGLOT, "model.strided=false"],
+    # Mixed precision: bfloat16 forward passes, float32 master weights.
+    "maml-omniglot-bf16": ["algo=maml", *OMNIGLOT, "trainer.precision=bf16"],
     # XLA's own convolution on CPU: vmap over per-task kernels makes it a grouped convolution.
     "maml-omniglot-xlaconv": ["algo=maml", *OMNIGLOT, "model.conv=xla"],
 }

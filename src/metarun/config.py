@@ -241,6 +241,7 @@ class TrainerConfig:
     val_every: int = 5000  # meta-validate every N steps (a multiple of log_every; 0 = never)
     progress: bool = True  # show a progress bar
     devices: str = "all"  # split each meta-batch over this many devices ("all" or N)
+    precision: str = "fp32"  # bf16: forward passes in bfloat16, float32 master weights
     distributed: str = "auto"  # join other processes: auto (under SLURM), on, off
     coordinator: str = ""  # host:port of process 0, for distributed=on outside SLURM
     num_processes: int = 1  # with coordinator
@@ -262,6 +263,7 @@ class TrainerConfig:
             "must be all or a device count >= 1",
         )
         _check_choice("trainer.distributed", self.distributed, ("auto", "on", "off"))
+        _check_choice("trainer.precision", self.precision, ("fp32", "bf16"))
         if self.coordinator:
             _check(
                 self.num_processes >= 2,

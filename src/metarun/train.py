@@ -64,10 +64,7 @@ def build(config: Config) -> Experiment:
     source = jax.block_until_ready(data.make(config.data))
     prepare_sec = time.perf_counter() - start
     model = models.make(config.model, source.output_dim)
-
-    def apply_fn(params, x):
-        return model.apply({"params": params}, x)
-
+    apply_fn = models.make_apply(model, config.trainer.precision)
     learner = algos.make(config.algo, apply_fn, source.objective)
     optimizer = optim.make(config.optim, config.trainer.steps)
     return Experiment(config, source, model, learner, optimizer, prepare_sec)

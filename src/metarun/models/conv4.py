@@ -70,9 +70,13 @@ class BatchStatNorm(nn.Module):
         scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
         bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
         axes = tuple(range(x.ndim - 1))
+        # Statistics in float32 even under bfloat16 (trainer.precision=bf16): a bf16 mean
+        # over thousands of activations loses most of its digits.
+        x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # float64 stays float64
         # Biased variance (÷N), as tf and PyTorch normalise in training mode.
-        mean, var = jnp.mean(x, axes), jnp.var(x, axes)
-        return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+        mean, var = jnp.mean(x32, axes), jnp.var(x32, axes)
+        out = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+        return out.astype(x.dtype)
 
 
 CONV_IMPLS = ("auto", "xla", "im2col")
