@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from metarun import algos, data, models, optim
 from metarun import logger as loggers
 from metarun.algos.base import MetaLearner, outer_grad
-from metarun.config import Config, ConfigError
+from metarun.config import Config, ConfigError, to_dict
 from metarun.distributed import is_lead
 from metarun.evaluate import episode_keys, evaluate, make_evaluator
 from metarun.types import PRNGKey, TaskSource
@@ -195,7 +195,9 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
     val_keys = episode_keys(eval_cfg.seed, "val", eval_cfg.val_episodes)
     metric = objective.metric
 
-    tracker = loggers.make(config.logger, run_dir) if lead else loggers.MultiLogger([])
+    tracker = (
+        loggers.make(config.logger, run_dir, to_dict(config)) if lead else loggers.MultiLogger([])
+    )
     best = _Best(objective.maximize)
     history: list[dict[str, Any]] = []
     pending: list[dict] = []
@@ -270,6 +272,7 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
     )
     if lead:
         _plot(exp, meta_params, history, run_dir)
+        tracker.summary(result)  # after the plots, which the trackers upload
     return result
 
 

@@ -1,0 +1,37 @@
+"""metrics.jsonl in the run dir: one JSON object per logged step."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from metarun.logger import loggers
+
+
+class JsonlLogger:
+    """One JSON object per line; non-finite floats are written as null (valid JSON)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115  (closed by close())
+
+    def log(self, record: dict[str, Any]) -> None:
+        clean = {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in record.items()
+        }
+        self._file.write(json.dumps(clean) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def summary(self, result: dict[str, Any]) -> None:
+        """Nothing to add: the result is the run dir's ``result.json``."""
+
+
+@loggers.register("jsonl")
+def _jsonl(cfg, run_dir: Path, config: dict[str, Any]) -> JsonlLogger:
+    return JsonlLogger(run_dir / cfg.filename)
