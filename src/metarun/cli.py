@@ -20,10 +20,12 @@ from metarun.config import ConfigError, conf_dir, register_configs, validate
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
 def _run(cfg: DictConfig) -> float:
     from metarun import distributed
+    from metarun.sweep import check_direction
     from metarun.train import build, train
 
     try:
         config = validate(cfg)
+        check_direction(config, HydraConfig.get().sweeper)  # an optuna sweep's, mse vs accuracy
         distributed.initialize(config.trainer)  # before any computation
         exp = build(config)  # factories check what the schema cannot (e.g. Reptile is first-order)
     except ConfigError as err:

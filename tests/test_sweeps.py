@@ -1,0 +1,219 @@
+"""Sweeps and launchers as a user types them: Optuna searches (conf/sweep/), submitit jobs
+(hydra/launcher=submitit_local here, conf/hydra/launcher/slurm.yaml on a cluster)."""
+
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf, open_dict
+
+from metarun.config import ConfigError, conf_dir, register_configs, validate
+from metarun.sweep import check_direction
+
+METARUN = str(Path(sys.executable).with_name("metarun"))
+
+# Smaller than +debug=fast: a trial compiles and runs in seconds on a busy CPU.
+TINY = [
+    "trainer.steps=5",
+    "trainer.log_every=5",
+    "trainer.val_every=0",
+    "trainer.progress=false",
+    "eval.episodes=4",
+    "eval.val_episodes=2",
+    "eval.batch=4",
+]
+
+# Every conf/sweep/*.yaml, with what it needs to compose into a valid run.
+SWEEPS = {"maml_lr": [], "maml_lr_omniglot": ["data.root=/nowhere"]}
+
+
+def run(*args: str, cwd: Path, path: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PATH": path or os.environ["PATH"]}
+    return subprocess.run(
+        [METARUN, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def compose_with_hydra(*overrides: str):
+    """(run config, ``hydra.sweeper``) as the CLI composes them."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return validate(cfg), sweeper
+
+
+def search_space(sweeper) -> dict[str, tuple[float, float]]:
+    """``{key: (low, high)}`` from params written as ``tag(log, interval(low, high))``."""
+    space = {}
+    for key, spec in sweeper.params.items():
+        low, high = re.fullmatch(r"tag\(log, interval\((.+), (.+)\)\)", spec).groups()
+        space[key] = (float(low), float(high))
+    return space
+
+
+def trials(sweep_dir: Path) -> list[tuple[dict[str, float], float]]:
+    """(the swept values, the result's mean) of every trial dir."""
+    rows = []
+    for result in sorted(sweep_dir.glob("*/result.json")):
+        overrides = yaml.safe_load((result.parent / ".hydra/overrides.yaml").read_text())
+        config = yaml.safe_load((result.parent / ".hydra/config.yaml").read_text())
+        params = dict(o.split("=", 1) for o in overrides if o.startswith(("algo.", "optim.")))
+        params = {k: float(v) for k, v in params.items()}
+        # the sampled value reaches the run (no preset overwrites it)
+        assert params == {
+            "algo.inner_lr": config["algo"]["inner_lr"],
+            "optim.lr": config["optim"]["lr"],
+        }
+        rows.append((params, json.loads(result.read_text())["mean"]))
+    return rows
+
+
+def test_every_sweep_composes_with_a_direction_that_fits_its_metric():
+    assert {p.stem for p in (conf_dir() / "sweep").glob("*.yaml")} == set(SWEEPS)
+    for name, extra in SWEEPS.items():
+        config, sweeper = compose_with_hydra(f"+sweep={name}", *extra)
+        assert sweeper._target_.endswith("OptunaSweeper") and sweeper.storage is None
+        check_direction(config, sweeper)  # raises on a mismatch
+        assert set(search_space(sweeper)) == {"algo.inner_lr", "optim.lr"}
+    expected = {"maml_lr": ("sinusoid", "minimize"), "maml_lr_omniglot": ("omniglot", "maximize")}
+    for name, (data, direction) in expected.items():
+        config, sweeper = compose_with_hydra(f"+sweep={name}", *SWEEPS[name])
+        assert (config.data.name, sweeper.direction) == (data, direction)
+
+
+def test_check_direction_rejects_the_wrong_way():
+    config, _ = compose_with_hydra()
+    check_direction(config, OmegaConf.create({}))  # the basic sweeper has no direction
+    check_direction(config, OmegaConf.create({"direction": ["minimize", "maximize"]}))
+    with pytest.raises(ConfigError, match="data=sinusoid reports mse, which the sweep must mini"):
+        check_direction(config, OmegaConf.create({"direction": "maximize"}))
+    config, _ = compose_with_hydra("data=omniglot", "data.root=/nowhere")
+    with pytest.raises(ConfigError, match="reports accuracy, which the sweep must maximize"):
+        check_direction(config, OmegaConf.create({"direction": "minimize"}))
+
+
+def test_wrong_direction_stops_the_sweep_before_training(tmp_path):
+    proc = run(
+        "-m",
+        "+sweep=maml_lr",
+        "hydra.sweeper.direction=maximize",
+        *TINY,
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "metarun: invalid config: hydra.sweeper.direction='maximize' is invalid" in proc.stderr
+    assert not list((tmp_path / "sweep").glob("*/result.json"))
+
+
+def test_optuna_sweep_writes_the_best_of_its_trials(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = run(
+        "-m",
+        "+sweep=maml_lr",
+        "hydra.sweeper.n_trials=3",
+        *TINY,
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "multirun").exists() and not (tmp_path / "outputs").exists()
+    rows = trials(sweep_dir)
+    assert len(rows) == 3 and len({r[1] for r in rows}) == 3  # three different trials
+    _, sweeper = compose_with_hydra("+sweep=maml_lr")
+    space = search_space(sweeper)
+    for params, _ in rows:
+        assert all(space[k][0] <= v <= space[k][1] for k, v in params.items()), params
+    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert best["name"] == "optuna"
+    assert best["best_value"] == pytest.approx(min(mean for _, mean in rows), rel=1e-12)
+    best_params = min(rows, key=lambda r: r[1])[0]
+    assert best["best_params"] == pytest.approx(best_params, rel=1e-12)
+
+
+def test_optuna_study_kept_in_sqlite_in_the_sweep_dir(tmp_path):
+    sweep_dir = tmp_path / "sweep"  # does not exist yet: the SweepDir callback makes it
+    proc = run(
+        "-m",
+        "+sweep=maml_lr",
+        "hydra.sweeper.n_trials=1",
+        *TINY,
+        f"hydra.sweep.dir={sweep_dir}",
+        "hydra.sweeper.storage=sqlite:///${hydra.sweep.dir}/optuna.db",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    study = optuna.load_study(study_name="maml_lr", storage=f"sqlite:///{sweep_dir}/optuna.db")
+    [(params, mean)] = trials(sweep_dir)
+    [trial] = study.trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert trial.value == pytest.approx(mean, rel=1e-12)
+    assert trial.params == pytest.approx(params, rel=1e-12)
+
+
+def test_submitit_local_launcher_runs_both_jobs(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = run(
+        "-m",
+        "hydra/launcher=submitit_local",
+        "seed=0,1",
+        *TINY,
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = [json.loads((sweep_dir / f"{job}/result.json").read_text()) for job in (0, 1)]
+    seeds = [
+        yaml.safe_load((sweep_dir / f"{j}/.hydra/config.yaml").read_text())["seed"] for j in (0, 1)
+    ]
+    assert seeds == [0, 1] and results[0]["mean"] != results[1]["mean"]
+    assert list((sweep_dir / ".submitit").glob("*/*_log.out"))  # submitit ran them
+
+
+def test_slurm_launcher_submits_a_job_array(tmp_path):
+    """No cluster here: a stand-in ``sbatch`` keeps the script it is given and refuses it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit looks for it first
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/job.sh\nexit 1\n')
+    for tool in ("srun", "sbatch"):
+        (bin_dir / tool).chmod(stat.S_IRWXU)
+    proc = run(
+        "-m",
+        "hydra/launcher=slurm",
+        "seed=0,1,2",
+        *TINY,
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.timeout_min=240",
+        "hydra.launcher.array_parallelism=2",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        cwd=tmp_path,
+        path=f"{bin_dir}:{os.environ['PATH']}",
+    )
+    assert proc.returncode != 0  # the stand-in refused the job
+    script = (tmp_path / "job.sh").read_text()
+    for line in (
+        "#SBATCH --partition=gpu",
+        "#SBATCH --gpus-per-task=1",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --mem=32GB",
+        "#SBATCH --time=240",
+        "#SBATCH --array=0-2%2",
+        "#SBATCH --job-name=metarun",
+    ):
+        assert line in script.splitlines(), (line, script)
+    assert "submitit.core._submit" in script
