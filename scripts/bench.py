@@ -65,6 +65,9 @@ def bench(name: str, steps: int, warmup: int, omniglot: Path) -> dict:
         jax.block_until_ready((state, metrics))
         times.append(time.perf_counter() - start)
     sec_per_step = statistics.median(times)
+    # XLA's own count of the compiled step's floating-point operations (HLO cost analysis).
+    cost = meta_step.cost_analysis()
+    flops = (cost[0] if isinstance(cost, list) else cost or {}).get("flops", float("nan"))
     return {
         "workload": name,
         "algo": config.algo.name,
@@ -74,6 +77,8 @@ def bench(name: str, steps: int, warmup: int, omniglot: Path) -> dict:
         "sec_per_step": sec_per_step,
         "steps_per_sec": round(1 / sec_per_step, 3),
         "tasks_per_sec": round(config.trainer.meta_batch / sec_per_step, 1),
+        "gflop_per_task": round(flops / config.trainer.meta_batch / 1e9, 3),
+        "gflops": round(flops / sec_per_step / 1e9, 1),
         "steps_timed": steps,
         "backend": jax.default_backend(),
         "devices": jax.device_count(),
@@ -117,13 +122,14 @@ def main() -> None:
     )
     print(
         "| workload | inner steps | meta-batch | steps timed | compile (s) "
-        "| meta-steps/s | tasks/s |"
+        "| meta-steps/s | tasks/s | GFLOP/task | GFLOP/s |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['workload']} | {r['inner_steps']} | {r['meta_batch']} | {r['steps_timed']} | "
-            f"{r['compile_sec']:.2f} | {r['steps_per_sec']:,.2f} | {r['tasks_per_sec']:,.1f} |"
+            f"{r['compile_sec']:.2f} | {r['steps_per_sec']:,.2f} | {r['tasks_per_sec']:,.1f} "
+            f"| {r['gflop_per_task']:.3f} | {r['gflops']:.1f} |"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as f:

@@ -66,6 +66,8 @@ def test_four_devices_give_the_losses_and_parameters_of_one(algo):
 
 
 def test_device_counts_that_cannot_work_are_named():
-    with pytest.raises(ConfigError, match="trainer.devices=64 is invalid: this process sees 1"):
+    with pytest.raises(
+        ConfigError, match="trainer.devices=64 is invalid: this run has 1 cpu device"
+    ):
         task_mesh("64", meta_batch=64)
     assert task_mesh("all", meta_batch=5).size == 1

@@ -11,8 +11,9 @@ Two implementations of the same convolution, chosen per backend (``conv="auto"``
 convolution on GPU and TPU, and im2col on CPU: nine shifted slices of the input concatenated
 on the channel axis and one matrix product. They differ for per-task weights: under ``vmap``
 over tasks (MAML's adapted parameters) XLA turns the convolution into a grouped one, which
-XLA:CPU runs 10–20× slower than the equivalent batched matrix product (second-order MAML,
-32 tasks of 5-way 1-shot on 28×28: ~12 s per meta-step against ~0.8 s; ``make bench``).
+XLA:CPU runs about 24× slower than the equivalent batched matrix product (second-order MAML,
+32 tasks of 5-way 1-shot on 28×28, strided: 29 s per meta-step against 1.2 s;
+``scripts/bench.py --workload maml-omniglot-xlaconv --workload maml-omniglot``).
 
 BatchNorm is transductive, in training and evaluation alike: every call normalises with
 the statistics of the batch it is given, as MAML's code does (``tf.contrib`` batch norm
