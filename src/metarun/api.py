@@ -14,6 +14,7 @@ evaluation does (Conv-4's BatchNorm normalises with the statistics of the batch 
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -22,6 +23,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from metarun import algos, data, models
+from metarun.algos.base import adapt_and_predict
 from metarun.config import Config, ConfigError, register_configs
 from metarun.types import DataSpec
 
@@ -32,12 +34,7 @@ class Learner:
     def __init__(self, config: Config, spec: DataSpec, model, learner, meta_params):
         self.config, self.spec, self.model, self.meta_params = config, spec, model, meta_params
         self._learner = learner
-        self._run = jax.jit(self._adapt_and_predict, static_argnums=3)
-
-    def _adapt_and_predict(self, meta_params, support, query, inner_steps):
-        support_x, support_y = support
-        adapted = self._learner.adapt(meta_params, support_x, support_y, inner_steps)
-        return self._learner.predict(meta_params, adapted, query)
+        self._run = jax.jit(partial(adapt_and_predict, learner), static_argnums=4)
 
     def predict(
         self, support_x, support_y, query_x, inner_steps: int | None = None, *, raw: bool = True
@@ -69,7 +66,7 @@ class Learner:
             support_y = support_y.astype(np.int32)
         else:
             support_y = np.asarray(support_y, np.float32).reshape(len(support_x), -1)
-        out = self._run(self.meta_params, (support_x, support_y), query_x, steps)
+        out = self._run(self.meta_params, support_x, support_y, query_x, steps)
         if classify:
             return classes[np.asarray(jnp.argmax(out, axis=-1))]
         return np.asarray(out)

@@ -36,12 +36,15 @@ def plot_episodes(
     import jax
     import numpy as np
 
+    from metarun.algos.base import adapt_and_predict
+
     max_queries = 4
     fig_rows = []
     for key in jax.random.split(jax.random.PRNGKey(0), episodes):
         episode = sampler(key)
-        adapted = learner.adapt(meta_params, episode.support_x, episode.support_y, inner_steps)
-        logits = learner.predict(meta_params, adapted, episode.query_x)
+        logits = adapt_and_predict(
+            learner, meta_params, episode.support_x, episode.support_y, episode.query_x, inner_steps
+        )
         fig_rows.append(jax.device_get((episode, np.argmax(logits, axis=-1))))
 
     episode, _ = fig_rows[0]

@@ -82,6 +82,19 @@ def gradient_descent(
     return adapted
 
 
+def adapt_and_predict(
+    learner: MetaLearner,
+    meta_params: MetaParams,
+    support_x: Array,
+    support_y: Array,
+    query_x: Array,
+    num_steps: int,
+) -> Array:
+    """Adapt on a support set for ``num_steps``, then predict the whole query set at once."""
+    task_params = learner.adapt(meta_params, support_x, support_y, num_steps)
+    return learner.predict(meta_params, task_params, query_x)
+
+
 def task_metrics(
     learner: MetaLearner,
     objective: Objective,
@@ -90,8 +103,9 @@ def task_metrics(
     num_steps: int,
 ) -> dict[str, Array]:
     """Adapt on one episode's support set; metrics of the adapted learner on its query set."""
-    task_params = learner.adapt(meta_params, episode.support_x, episode.support_y, num_steps)
-    predictions = learner.predict(meta_params, task_params, episode.query_x)
+    predictions = adapt_and_predict(
+        learner, meta_params, episode.support_x, episode.support_y, episode.query_x, num_steps
+    )
     return objective.metrics(predictions, episode.query_y)
 
 

@@ -54,6 +54,8 @@ def plot(learner, meta_params, inner_steps: int, path, cfg, key: PRNGKey | None 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from metarun.algos.base import adapt_and_predict
+
     key = jax.random.PRNGKey(0) if key is None else key
     k_task, k_support = jax.random.split(key)
     task = sample_task(k_task, cfg)
@@ -64,8 +66,7 @@ def plot(learner, meta_params, inner_steps: int, path, cfg, key: PRNGKey | None 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(grid, task(grid), color="black", label="ground truth")
     for s in steps:
-        adapted = learner.adapt(meta_params, support_x, support_y, s)
-        pred = learner.predict(meta_params, adapted, grid)
+        pred = adapt_and_predict(learner, meta_params, support_x, support_y, grid, s)
         style = ":" if s == 0 else "--"
         label = "pre-update" if s == 0 else f"after {s} step{'s' if s > 1 else ''}"
         ax.plot(grid, np.asarray(pred), style, label=label)
