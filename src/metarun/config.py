@@ -166,6 +166,10 @@ class MLPConfig:
         _check_choice("model.activation", self.activation, ("relu", "tanh", "gelu"))
 
 
+# How Conv-4 and ResNet-12 compute their convolutions (models/conv4.py: resolve_conv).
+CONV_IMPLS = ("auto", "xla", "im2col")
+
+
 @dataclass
 class Conv4Config:
     """Conv-4 (Vinyals et al. 2016): four 3×3 conv + BatchNorm + ReLU + 2×2 max-pool blocks."""
@@ -177,7 +181,7 @@ class Conv4Config:
 
     def __post_init__(self) -> None:
         _check(self.filters >= 1, "model.filters", self.filters, "must be >= 1")
-        _check_choice("model.conv", self.conv, ("auto", "xla", "im2col"))
+        _check_choice("model.conv", self.conv, CONV_IMPLS)
 
 
 @dataclass
@@ -195,7 +199,7 @@ class ResNet12Config:
             self.channels,
             "must be a non-empty list of widths >= 1",
         )
-        _check_choice("model.conv", self.conv, ("auto", "xla", "im2col"))
+        _check_choice("model.conv", self.conv, CONV_IMPLS)
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd")

@@ -239,12 +239,13 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
 
     # The paper protocol: test the meta-parameters that did best on the validation split
     # (the last ones when validation is off).
-    meta_params = best.params if best.params is not None else state.meta_params
+    validated = best.params is not None
+    meta_params = best.params if validated else state.meta_params
     save_params(run_dir / BEST_PARAMS, meta_params)
     result = _meta_test(exp, meta_params, mesh)
     result.update(
-        best_step=best.step if best.params is not None else trainer.steps,
-        **({f"best_val_{metric}": best.value} if best.params is not None else {}),
+        best_step=best.step if validated else trainer.steps,
+        **({f"best_val_{metric}": best.value} if validated else {}),
         prepare_sec=exp.prepare_sec,
         compile_sec=compile_sec,
         train_sec=train_sec,

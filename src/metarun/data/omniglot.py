@@ -62,6 +62,7 @@ def _held_out(units: list[str], fraction: float, seed: int, key: str) -> set[str
 def split_characters(loaded: dict, cfg) -> dict[str, list[int]]:
     """Row indices of ``loaded["images"]`` for the train, val and test splits."""
     characters, alphabets = loaded["characters"], loaded["alphabets"]
+    alphabet_of = dict(zip(characters, alphabets, strict=True))
     known = sorted(set(alphabets))
 
     if cfg.split in ("minimal1", "minimal2"):
@@ -78,7 +79,7 @@ def split_characters(loaded: dict, cfg) -> dict[str, list[int]]:
                 "images_evaluation in data.archives needs the test alphabets listed; "
                 f"loaded alphabets: {', '.join(known)}"
             )
-        test = {c for c, a in zip(characters, alphabets, strict=True) if a in test_alphabets}
+        test = {c for c in characters if alphabet_of[c] in test_alphabets}
 
     if cfg.test_alphabets and cfg.split != "alphabets":
         raise ConfigError(
@@ -94,24 +95,21 @@ def split_characters(loaded: dict, cfg) -> dict[str, list[int]]:
             )
 
     rest = [c for c in characters if c not in test]
+    fraction = f"data.val_fraction={cfg.val_fraction}"
     if cfg.val_alphabets:
-        val = {c for c in rest if c.split("/")[0] in set(cfg.val_alphabets)}
+        val = {c for c in rest if alphabet_of[c] in set(cfg.val_alphabets)}
     elif cfg.split == "alphabets":
-        rest_alphabets = sorted({c.split("/")[0] for c in rest})
-        fraction = f"data.val_fraction={cfg.val_fraction}"
+        rest_alphabets = sorted({alphabet_of[c] for c in rest})
         held = _held_out(rest_alphabets, cfg.val_fraction, cfg.split_seed, fraction)
-        val = {c for c in rest if c.split("/")[0] in held}
+        val = {c for c in rest if alphabet_of[c] in held}
     else:
-        val = _held_out(
-            rest, cfg.val_fraction, cfg.split_seed + 1, f"data.val_fraction={cfg.val_fraction}"
-        )
+        val = _held_out(rest, cfg.val_fraction, cfg.split_seed + 1, fraction)
     index = {c: i for i, c in enumerate(characters)}
-    splits = {
+    return {
         "train": [index[c] for c in rest if c not in val],
         "val": [index[c] for c in rest if c in val],
         "test": [index[c] for c in characters if c in test],
     }
-    return splits
 
 
 @specs.register("omniglot")

@@ -48,6 +48,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from metarun.config import CONV_IMPLS
 from metarun.models import models
 
 # MAML's code initialises the convolutions with Glorot (Xavier) uniform. BatchNorm makes
@@ -78,9 +79,6 @@ class BatchStatNorm(nn.Module):
         mean, var = jnp.mean(x32, axes), jnp.var(x32, axes)
         out = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
         return out.astype(x.dtype)
-
-
-CONV_IMPLS = ("auto", "xla", "im2col")
 
 
 def resolve_conv(conv: str) -> str:
