@@ -4,35 +4,57 @@ import jax
 import numpy as np
 import pytest
 
-from metarun.algos import algos, outer_grad
+from metarun.algos import algos, inner_steps, outer_grad
 from metarun.train import build, init_state, make_meta_step, rng_streams
 from tests.helpers import flat, task
 
 ALGOS = algos.names()
+GRADIENT_BASED = ["anil", "fomaml", "maml", "metasgd", "reptile"]
+# Classifiers run on real Omniglot, 5-way 1-shot with 2 queries, on a narrow Conv-4.
+IMAGES = [
+    "data.train_queries=2",
+    "data.queries=2",
+    "data.train_ways=null",
+    "model.filters=8",
+    "trainer.meta_batch=8",
+]
+
+
+@pytest.fixture
+def config_for(make_config, request):
+    """``config_for(name, *overrides)``: sinusoid for gradient-based learners, else Omniglot."""
+
+    def make(name: str, *overrides: str):
+        if name in GRADIENT_BASED:
+            return make_config(f"algo={name}", *overrides)
+        omniglot = request.getfixturevalue("omniglot")
+        return make_config(f"algo={name}", *omniglot, *IMAGES, *overrides)
+
+    return make
 
 
 def test_every_yaml_is_registered():
     from metarun.config import conf_dir
 
     yamls = sorted(p.stem for p in (conf_dir() / "algo").glob("*.yaml"))
-    assert yamls == ALGOS == ["anil", "fomaml", "maml", "metasgd", "reptile"]
+    assert yamls == ALGOS
+    assert set(GRADIENT_BASED) < set(ALGOS)
 
 
 @pytest.mark.parametrize("name", ALGOS)
-def test_vmapped_meta_batch_equals_python_loop(make_config, name):
-    exp = build(make_config(f"algo={name}", "algo.inner_steps=2"))
+def test_vmapped_meta_batch_equals_python_loop(config_for, name):
+    steps = ["algo.inner_steps=2"] if name in GRADIENT_BASED else []
+    exp = build(config_for(name, *steps))
     state = init_state(exp, jax.random.PRNGKey(0))
     episodes = jax.vmap(exp.source.samplers["train"])(jax.random.split(jax.random.PRNGKey(1), 6))
-    objective = exp.source.objective
-    batched, metrics = outer_grad(exp.learner, objective, state.meta_params, episodes, 2)
+    grad_fn = jax.jit(
+        lambda mp, e: outer_grad(
+            exp.learner, exp.source.objective, mp, e, inner_steps(exp.config.algo)
+        ),
+    )
+    batched, metrics = grad_fn(state.meta_params, episodes)
     looped = [
-        outer_grad(
-            exp.learner,
-            objective,
-            state.meta_params,
-            jax.tree.map(lambda a: a[None], task(episodes, t)),
-            2,
-        )
+        grad_fn(state.meta_params, jax.tree.map(lambda a: a[None], task(episodes, t)))
         for t in range(6)
     ]
     np.testing.assert_allclose(
@@ -42,8 +64,8 @@ def test_vmapped_meta_batch_equals_python_loop(make_config, name):
 
 
 @pytest.mark.parametrize("name", ALGOS)
-def test_meta_step_compiles_once_and_lowers_the_loss(make_config, name):
-    exp = build(make_config(f"algo={name}", "optim.lr=0.003"))
+def test_meta_step_compiles_once_and_lowers_the_loss(config_for, name):
+    exp = build(config_for(name, "optim.lr=0.003"))
     init_key, train_key = rng_streams(0)
     state = init_state(exp, init_key)
     step, sample = jax.jit(make_meta_step(exp)), exp.source.samplers["train"]
@@ -53,14 +75,15 @@ def test_meta_step_compiles_once_and_lowers_the_loss(make_config, name):
         losses.append(metrics["loss"])
     assert step._cache_size() == 1, "the meta-step recompiled"
     assert int(state.step) == 300
-    # Measured with seed 0: the last 50 steps' mean loss is 0.44-0.77 of the first 50's.
+    # Measured with seed 0: the last 50 steps' mean loss is 0.44-0.77 of the first 50's on
+    # sinusoid, 0.87 for Matching Networks (whose cosine attention bounds the loss from below).
     first, last = np.mean(losses[:50]), np.mean(losses[-50:])
-    assert last < 0.85 * first, (first, last)
+    assert last < 0.9 * first, (first, last)
 
 
 @pytest.mark.parametrize("name", ALGOS)
-def test_meta_step_is_deterministic_per_seed(make_config, name):
-    exp = build(make_config(f"algo={name}"))
+def test_meta_step_is_deterministic_per_seed(config_for, name):
+    exp = build(config_for(name, "optim.lr=0.003"))  # the program above: compiled once
     init_key, train_key = rng_streams(3)
     step, sample = jax.jit(make_meta_step(exp)), exp.source.samplers["train"]
     runs = []

@@ -97,3 +97,40 @@ def test_a_folder_that_is_not_a_run_is_named(tmp_path):
         FileNotFoundError, match="config.yaml not found: is .* a finished metarun run"
     ):
         metarun.load(tmp_path)
+
+
+CLASSIFIERS = ["protonet", "matchingnet"]
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_every_classifier_loads_and_reproduces_its_evaluation(
+    make_config, omniglot, name, tmp_path
+):
+    """No training needed: the saved initial meta-parameters must predict as the evaluator did."""
+    config = make_config(
+        f"algo={name}",
+        *omniglot,
+        "data.train_ways=null",
+        "data.queries=3",
+        "model.filters=8",
+        "trainer.steps=0",
+        "trainer.val_every=0",
+        "eval.episodes=3",
+        "eval.batch=3",
+    )
+    train(config, tmp_path)
+    learner = metarun.load(tmp_path)
+    source = data.make(learner.config.data)
+    keys = episode_keys(config.eval.seed, "test", 3)
+    evaluator = make_evaluator(learner._learner, source.objective, inner_steps=0, batch=3)
+    reported = np.asarray(evaluator(learner.meta_params, source.samplers["test"], keys)["accuracy"])
+    ours = []
+    for key in keys:
+        episode = jax.device_get(source.samplers["test"](key))
+        predicted = learner.predict(
+            raw_omniglot(episode.support_x),
+            LETTERS[episode.support_y],
+            raw_omniglot(episode.query_x),
+        )
+        ours.append(np.mean(predicted == LETTERS[episode.query_y]))
+    np.testing.assert_allclose(ours, reported, atol=1e-6)

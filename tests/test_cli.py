@@ -1,11 +1,13 @@
 """The `metarun` command as a user types it (subprocesses on the installed console script)."""
 
+import csv
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from metarun import report
 from metarun.report import collect, markdown
 from tests.conftest import FAST
 
@@ -48,6 +50,21 @@ def test_multirun_sweeps_algorithms_and_shots(tmp_path):
     ]
     table = markdown(rows)
     assert table.count("\n") == 5 and table.count("| mse |") == 4
+
+    # The report's CSV and figures; a job that failed is listed with its error.
+    failed = tmp_path / "sweep" / "4"
+    (failed / ".hydra").mkdir(parents=True)
+    (failed / ".hydra" / "overrides.yaml").write_text("- algo=maml\n- data.shots=20\n")
+    (failed / "my_app.log").write_text("[INFO] start\nFloatingPointError: non-finite loss\n")
+    report.main([str(tmp_path / "sweep"), "--csv", str(tmp_path / "sweep.csv")])
+    with (tmp_path / "sweep.csv").open() as f:
+        saved = list(csv.DictReader(f))
+    assert [r["status"] for r in saved] == ["finished"] * 4 + [
+        "failed: " + "FloatingPointError: non-finite loss"
+    ]
+    assert float(saved[0]["mean"]) == rows[0]["mean"]
+    figures = sorted(p.name for p in (tmp_path / "sweep" / "report").iterdir())
+    assert figures == ["algo.png", "data.shots.png", "learning_curves.png"]
 
 
 def test_unknown_algorithm_lists_the_choices(tmp_path):

@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from metarun import algos, data, models
 from metarun.algos.base import adapt_and_predict
 from metarun.config import Config, ConfigError, register_configs
-from metarun.types import DataSpec
+from metarun.types import DataSpec, Episode
 
 
 class Learner:
@@ -34,7 +34,7 @@ class Learner:
     def __init__(self, config: Config, spec: DataSpec, model, learner, meta_params):
         self.config, self.spec, self.model, self.meta_params = config, spec, model, meta_params
         self._learner = learner
-        self._run = jax.jit(partial(adapt_and_predict, learner), static_argnums=4)
+        self._run = jax.jit(partial(adapt_and_predict, learner), static_argnums=(4, 5))
 
     def predict(
         self, support_x, support_y, query_x, inner_steps: int | None = None, *, raw: bool = True
@@ -45,20 +45,22 @@ class Learner:
           support_x, query_x: inputs as the dataset's files hold them (images: uint8 ``[n, H, W]``
             or ``[n, H, W, C]``, any size, grey or RGB); ``raw=False`` takes model inputs as is.
           support_y: one label per support example, any hashable values; classification needs
-            exactly ``data.ways`` distinct labels, the number of outputs the model was trained with.
-          inner_steps: adaptation steps; default ``eval.inner_steps`` of the run.
+            exactly ``data.ways`` distinct labels, the number of outputs the model was trained
+            with, except for learners without a head (protonet, matchingnet, ...): any number.
+          inner_steps: adaptation steps of a gradient-based learner; default ``eval.inner_steps``
+            of the run (metric-based learners adapt in one pass and ignore it).
 
         Returns:
           Classification: the predicted label of each query, from ``support_y``'s values.
           Regression: the predicted targets ``[n_query, ...]``.
         """
-        steps = self.config.eval.inner_steps if inner_steps is None else inner_steps
+        steps = algos.eval_steps(self.config) if inner_steps is None else inner_steps
         prepare = self.spec.preprocess if raw else np.asarray
         support_x, query_x = prepare(support_x), prepare(query_x)
         classify = self.spec.objective.metric == "accuracy"
         if classify:
             classes, support_y = np.unique(np.asarray(support_y), return_inverse=True)
-            if len(classes) != self.spec.output_dim:
+            if len(classes) != self.spec.output_dim and not self._learner.any_ways:
                 raise ValueError(
                     f"the support set has {len(classes)} classes; this learner was trained "
                     f"{self.spec.output_dim}-way (data.ways={self.spec.output_dim})"
@@ -66,7 +68,8 @@ class Learner:
             support_y = support_y.astype(np.int32)
         else:
             support_y = np.asarray(support_y, np.float32).reshape(len(support_x), -1)
-        out = self._run(self.meta_params, support_x, support_y, query_x, steps)
+        ways = len(classes) if classify else 0
+        out = self._run(self.meta_params, support_x, support_y, query_x, steps, ways)
         if classify:
             return classes[np.asarray(jnp.argmax(out, axis=-1))]
         return np.asarray(out)
@@ -83,12 +86,28 @@ def load(run_dir: str | os.PathLike) -> Learner:
     config = _config(run_dir / CONFIG)
     spec = data.spec(config.data)
     model = models.make(config.model, spec.output_dim)
-    apply_fn = models.make_apply(model, config.trainer.precision)
-    learner = algos.make(config.algo, apply_fn, spec.objective)
-    example = jax.ShapeDtypeStruct((1, *spec.input_shape), jnp.float32)
-    params = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x)["params"], example)
-    like = jax.eval_shape(learner.init, params)
+    learner = algos.make(
+        config.algo, models.network(model, config.trainer.precision), spec.objective
+    )
+    like = _meta_params_like(model, learner, spec)
     return Learner(config, spec, model, learner, _restore(run_dir / BEST_PARAMS, like))
+
+
+def _meta_params_like(model, learner, spec: DataSpec):
+    """Shapes and dtypes of the meta-parameters, from an example episode; nothing computed."""
+    ways = spec.output_dim if spec.objective.metric == "accuracy" else 0
+    x = jax.ShapeDtypeStruct((max(ways, 1), *spec.input_shape), jnp.float32)
+    y = jax.ShapeDtypeStruct(
+        (max(ways, 1),) + (() if ways else (spec.output_dim,)), jnp.int32 if ways else jnp.float32
+    )
+    example = Episode(x, y, x, y, ways=ways)
+    key = jax.random.PRNGKey(0)
+
+    def init(episode):
+        params = model.init(key, episode.support_x)["params"]
+        return learner.init(params, key, episode)
+
+    return jax.eval_shape(init, example)
 
 
 def _config(path: Path) -> Config:
@@ -96,6 +115,7 @@ def _config(path: Path) -> Config:
     saved = OmegaConf.load(path)
     register_configs()
     typed = {
+        "algo": _schema(f"algo/{saved.algo.name}"),
         "data": _schema(f"data/{saved.data.name}"),
         "model": _schema(f"model/{saved.model.name}"),
     }

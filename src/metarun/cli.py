@@ -23,6 +23,9 @@ def _run(cfg: DictConfig) -> float:
     from metarun.sweep import check_direction
     from metarun.train import build, train
 
+    # orbax logs each step of every checkpoint write at INFO (through absl). Here, not in
+    # main(): submitit's jobs call this function without main().
+    logging.getLogger("absl").setLevel(logging.WARNING)
     try:
         config = validate(cfg)
         check_direction(config, HydraConfig.get().sweeper)  # an optuna sweep's, mse vs accuracy
@@ -34,8 +37,30 @@ def _run(cfg: DictConfig) -> float:
     except FileNotFoundError as err:  # a dataset that is not where data.root says
         print(f"metarun: missing data: {err}", file=sys.stderr)
         sys.exit(2)
-    result = train(config, Path(HydraConfig.get().runtime.output_dir), exp)
+    try:
+        result = train(config, Path(HydraConfig.get().runtime.output_dir), exp)
+    except ConfigError as err:  # trainer.resume=auto refusing a checkpoint of another config
+        print(f"metarun: invalid config: {err}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        release()
     return result["mean"]
+
+
+def release() -> None:
+    """Free a finished job's compiled programs before the next job of a sweep.
+
+    Hydra's basic launcher runs a sweep's jobs one after another in this process, and JAX's
+    caches keep every program a job compiled (evaluators, plots) alive after ``train``
+    returns; the next job compiles its own, so nothing is lost by dropping them. Collecting
+    first frees what only reference cycles of the job still hold (device buffers included).
+    """
+    import gc
+
+    import jax
+
+    gc.collect()
+    jax.clear_caches()
 
 
 def main() -> None:

@@ -33,7 +33,8 @@ def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 
 @dataclass
 class AlgoConfig:
-    """Gradient-based meta-learners (MAML family, Reptile)."""
+    """Gradient-based meta-learners (MAML family, Reptile): the schema of each algorithm's yaml
+    is registered under its name, ``schema/algo/<name>``."""
 
     name: str = MISSING
     inner_lr: float = 0.01  # α in θ' = θ − α ∇θ L_support(θ); Meta-SGD's initial value
@@ -43,6 +44,34 @@ class AlgoConfig:
     def __post_init__(self) -> None:
         _check(self.inner_lr > 0, "algo.inner_lr", self.inner_lr, "must be > 0, e.g. 0.01")
         _check(self.inner_steps >= 0, "algo.inner_steps", self.inner_steps, "must be >= 0")
+
+
+PROTONET_DISTANCES = ("euclidean", "cosine")
+
+
+@dataclass
+class ProtoNetConfig:
+    """Prototypical Networks: logits are minus the distance to each class's mean embedding."""
+
+    name: str = "protonet"
+    distance: str = "euclidean"  # squared Euclidean (the paper), or cosine similarity
+    cosine_scale: float = 10.0  # distance=cosine: logits = scale · cos, softmax needs the range
+
+    def __post_init__(self) -> None:
+        _check_choice("algo.distance", self.distance, PROTONET_DISTANCES)
+        _check(self.cosine_scale > 0, "algo.cosine_scale", self.cosine_scale, "must be > 0")
+
+
+@dataclass
+class MatchingNetConfig:
+    """Matching Networks: attention over the support set by cosine similarity."""
+
+    name: str = "matchingnet"
+    fce: bool = False  # full context embeddings: a BiLSTM over the support set, attLSTM queries
+    fce_steps: int = 5  # fce: the attention LSTM's processing steps K over the support set
+
+    def __post_init__(self) -> None:
+        _check(self.fce_steps >= 1, "algo.fce_steps", self.fce_steps, "must be >= 1")
 
 
 @dataclass
@@ -78,12 +107,19 @@ class ImageEpisodes:
     ways: int = 5  # N classes per episode
     shots: int = 1  # K support examples per class
     queries: int = 15  # query examples per class (the common 15 of Ravi & Larochelle)
+    train_ways: int | None = None  # meta-training episodes (ProtoNet trains 60-way); None = ways
     train_shots: int | None = None  # meta-training episodes; None = shots
     train_queries: int | None = None  # meta-training episodes; None = queries
     rotations: bool = True  # 90° turns of a class are new classes (Omniglot protocol)
 
     def _check_episodes(self) -> None:
         _check(self.ways >= 2, "data.ways", self.ways, "must be >= 2 classes per episode")
+        _check(
+            self.train_ways is None or self.train_ways >= 2,
+            "data.train_ways",
+            self.train_ways,
+            "must be >= 2 classes per episode",
+        )
         for key in ("shots", "queries", "train_shots", "train_queries"):
             value = getattr(self, key)
             _check(value is None or value >= 1, f"data.{key}", value, "must be >= 1")
@@ -251,6 +287,11 @@ class TrainerConfig:
     coordinator: str = ""  # host:port of process 0, for distributed=on outside SLURM
     num_processes: int = 1  # with coordinator
     process_id: int = 0  # with coordinator: this process, 0 .. num_processes - 1
+    # Checkpoints of the whole training state, in <run dir>/checkpoints/state (checkpoint.py).
+    checkpoint_every: int = 5000  # steps, a multiple of log_every; 0 = at the end and on signals
+    keep_checkpoints: int = 2  # the newest k
+    resume: str = "auto"  # auto: continue the run dir's checkpoint; never: start over; force
+    nan_policy: str = "stop"  # a non-finite loss or gradient: stop (raise), or skip the update
 
     def __post_init__(self) -> None:
         _check(self.steps >= 0, "trainer.steps", self.steps, "must be >= 0")
@@ -288,6 +329,21 @@ class TrainerConfig:
             self.val_every,
             f"must be 0 or a multiple of trainer.log_every={self.log_every}",
         )
+        # Checkpoints follow logging steps: no per-step metrics are then waiting to be logged.
+        _check(
+            self.checkpoint_every >= 0 and self.checkpoint_every % self.log_every == 0,
+            "trainer.checkpoint_every",
+            self.checkpoint_every,
+            f"must be 0 or a multiple of trainer.log_every={self.log_every}",
+        )
+        _check(
+            self.keep_checkpoints >= 1,
+            "trainer.keep_checkpoints",
+            self.keep_checkpoints,
+            "must be >= 1",
+        )
+        _check_choice("trainer.resume", self.resume, ("auto", "never", "force"))
+        _check_choice("trainer.nan_policy", self.nan_policy, ("stop", "skip"))
 
 
 @dataclass
@@ -377,7 +433,7 @@ class MlflowLoggerConfig:
 
 @dataclass
 class Config:
-    algo: AlgoConfig = MISSING
+    algo: Any = MISSING  # one schema per algorithm (AlgoConfig, ProtoNetConfig, ...)
     data: Any = MISSING  # one schema per dataset (SinusoidConfig, ...)
     model: Any = MISSING  # one schema per model (MLPConfig, ...)
     optim: OptimConfig = MISSING
@@ -389,7 +445,9 @@ class Config:
 
 # Schemas live in their own group so they never show up as choices (`algo=...`).
 _SCHEMAS = {
-    "algo": AlgoConfig,
+    **{f"algo/{name}": AlgoConfig for name in ("maml", "fomaml", "anil", "metasgd", "reptile")},
+    "algo/protonet": ProtoNetConfig,
+    "algo/matchingnet": MatchingNetConfig,
     "data/sinusoid": SinusoidConfig,
     "data/omniglot": OmniglotConfig,
     "data/mini_imagenet": MiniImageNetConfig,

@@ -43,12 +43,18 @@ def plot_episodes(
     for key in jax.random.split(jax.random.PRNGKey(0), episodes):
         episode = sampler(key)
         logits = adapt_and_predict(
-            learner, meta_params, episode.support_x, episode.support_y, episode.query_x, inner_steps
+            learner,
+            meta_params,
+            episode.support_x,
+            episode.support_y,
+            episode.query_x,
+            inner_steps,
+            episode.ways,
         )
         fig_rows.append(jax.device_get((episode, np.argmax(logits, axis=-1))))
 
     episode, _ = fig_rows[0]
-    ways = int(episode.support_y.max()) + 1
+    ways = episode.ways
     shots, queries = len(episode.support_y) // ways, len(episode.query_y) // ways
     shown = min(queries, max_queries)
     cols = shots + shown
@@ -72,8 +78,12 @@ def plot_episodes(
                     color = "tab:green" if guess == label else "tab:red"
                     ax.set_title(f"→ {guess}", fontsize=7, color=color)
     fig.suptitle(
-        f"{episodes} test episodes: support (blue) and queries with the prediction "
-        f"after {inner_steps} inner step{'s' if inner_steps != 1 else ''}",
+        f"{episodes} test episodes: support (blue) and queries with the prediction"
+        + (
+            f" after {inner_steps} inner step{'s' if inner_steps != 1 else ''}"
+            if inner_steps
+            else ""
+        ),
         fontsize=8,
     )
     fig.tight_layout()

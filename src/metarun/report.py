@@ -1,13 +1,17 @@
-"""``metarun-report DIR``: one markdown table of every finished run under DIR.
+"""``metarun-report DIR``: one table of every run under DIR, and plots comparing them.
 
-Each row is a run dir (one holding ``result.json``): the command-line overrides
-Hydra saved for it, then its final test metric with the 95% confidence interval.
-Point it at a multirun dir to tabulate a sweep, or at ``outputs/`` for all runs.
+Each row is a run dir (one holding ``result.json``, or a Hydra job dir without one: a job
+that failed or has not finished): the command-line overrides Hydra saved for it, then its
+final test metric with the 95% confidence interval. Point it at a multirun dir to tabulate
+a sweep, or at ``outputs/`` for all runs. ``--csv`` writes the table as CSV too; the plots
+(``--plots``, default ``DIR/report``) are every run's learning curves on one figure and,
+for each swept parameter, the test metric against its values.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 from pathlib import Path
 
@@ -20,19 +24,35 @@ def _natural(path: Path) -> list:
 
 
 def collect(root: Path) -> list[dict]:
+    """One dict per run dir under ``root``: ``run``, ``overrides``, ``status`` and, when the
+    run finished, its ``result.json``."""
+    run_dirs = {p.parent for p in root.rglob("result.json")}
+    run_dirs |= {p.parent for p in root.rglob(".hydra") if p.is_dir()}
     rows = []
-    for result_path in sorted(root.rglob("result.json"), key=_natural):
-        run_dir = result_path.parent
+    for run_dir in sorted(run_dirs, key=_natural):
         overrides_path = run_dir / ".hydra" / "overrides.yaml"
         overrides = yaml.safe_load(overrides_path.read_text()) if overrides_path.exists() else []
+        result_path = run_dir / "result.json"
+        finished = result_path.exists()
         rows.append(
             {
                 "run": str(run_dir.relative_to(root)) or ".",
                 "overrides": " ".join(overrides or []),
-                **json.loads(result_path.read_text()),
+                "status": "finished" if finished else _failure(run_dir),
+                **(json.loads(result_path.read_text()) if finished else {}),
             }
         )
     return rows
+
+
+def _failure(run_dir: Path) -> str:
+    """``failed: <the error>`` from the job's Hydra log, else ``unfinished`` (still running,
+    or killed without a word)."""
+    for log in sorted(run_dir.glob("*.log")):
+        errors = [line for line in log.read_text(errors="replace").splitlines() if "Error" in line]
+        if errors:
+            return f"failed: {errors[-1].strip()[-200:]}"
+    return "unfinished"
 
 
 def markdown(rows: list[dict]) -> str:
@@ -42,25 +62,126 @@ def markdown(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        if "mean" not in r:
+            lines.append(f"| {r['run']} | {r['overrides'] or '(defaults)'} | {r['status']} |")
+            continue
         pre = r.get("pre_adaptation_mean")
         speed = r.get("tasks_per_sec") or float("nan")
         lines.append(
             f"| {r['run']} | {r['overrides'] or '(defaults)'} | {r.get('algo', '')} "
             f"| {r.get('data', '')} | {r['metric']} | {r['mean']:.4f} ± {r['ci95']:.4f} "
             f"| {'' if pre is None else f'{pre:.4f}'} | {r['episodes']} | {r['inner_steps']} "
-            f"| {r.get('train_sec', float('nan')):.0f} | {speed:.0f} |"
+            f"| {r.get('train_sec', float('nan')):.0f} | {speed:.{1 if speed < 100 else 0}f} |"
         )
     return "\n".join(lines)
+
+
+CSV_COLUMNS = (
+    "run overrides status algo data metric mean ci95 pre_adaptation_mean episodes inner_steps "
+    "best_step train_sec tasks_per_sec"
+).split()
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def swept(rows: list[dict]) -> dict[str, list[str]]:
+    """Override keys that take more than one value across the runs -> their values."""
+    values: dict[str, list[str]] = {}
+    for r in rows:
+        for override in r["overrides"].split():
+            key, _, value = override.partition("=")
+            values.setdefault(key, [])
+            if value not in values[key]:
+                values[key].append(value)
+    return {k: v for k, v in values.items() if len(v) > 1}
+
+
+def plot(rows: list[dict], root: Path, out: Path) -> list[Path]:
+    """``learning_curves.png`` (every run's training loss and validation metric) and one
+    ``<key>.png`` per swept key: the test metric ± 95% CI against the key's values, a line
+    per combination of the other swept keys. Returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    finished = [r for r in rows if "mean" in r]
+    written = []
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for r in finished:
+        metrics = root / r["run"] / "metrics.jsonl"
+        if not metrics.exists():
+            continue
+        records = [json.loads(line) for line in metrics.read_text().splitlines() if line]
+        label = r["overrides"] or r["run"]
+        axes[0].plot([x["step"] for x in records], [x["loss"] for x in records], label=label)
+        val = [(x["step"], x[f"val_{r['metric']}"]) for x in records if f"val_{r['metric']}" in x]
+        if val:
+            axes[1].plot(*zip(*val, strict=True), marker="o", label=label)
+    axes[0].set(xlabel="meta-training step", ylabel="query loss (train tasks)", yscale="log")
+    axes[1].set(xlabel="meta-training step", ylabel="validation metric")
+    axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    written.append(out / "learning_curves.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+
+    keys = swept(finished)
+    for key, values in keys.items():
+        numeric = all(_is_number(v) for v in values)
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        series: dict[str, list[tuple]] = {}
+        for r in finished:
+            settings = dict(o.partition("=")[::2] for o in r["overrides"].split())
+            rest = " ".join(f"{k}={settings.get(k, '')}" for k in keys if k != key)
+            x = float(settings[key]) if numeric else values.index(settings[key])
+            series.setdefault(rest, []).append((x, r["mean"], r["ci95"]))
+        for rest, points in series.items():
+            xs, means, cis = zip(*sorted(points), strict=True)
+            style = "-" if numeric else "none"  # no line between unordered categories
+            ax.errorbar(xs, means, yerr=cis, marker="o", ls=style, capsize=3, label=rest or None)
+        if not numeric:
+            ax.set_xticks(range(len(values)), values)
+        ax.set(xlabel=key, ylabel=f"test {finished[0]['metric']} (95% CI)")
+        if any(series):
+            ax.legend(fontsize=6)
+        fig.tight_layout()
+        written.append(out / f"{key}.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    return written
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="a run dir, a multirun dir or outputs/")
+    parser.add_argument("--csv", type=Path, help="also write the table to this CSV file")
+    parser.add_argument("--plots", type=Path, help="folder for the figures (ROOT/report)")
+    parser.add_argument("--no-plots", action="store_true", help="the table only")
     args = parser.parse_args(argv)
     rows = collect(args.root)
     if not rows:
-        parser.exit(1, f"metarun-report: no result.json under {args.root}\n")
+        parser.exit(1, f"metarun-report: no runs under {args.root}\n")
     print(markdown(rows))
+    if args.csv:
+        write_csv(rows, args.csv)
+    if not args.no_plots and any("mean" in r for r in rows):
+        for path in plot(rows, args.root, args.plots or args.root / "report"):
+            print(f"wrote {path}")
 
 
 if __name__ == "__main__":

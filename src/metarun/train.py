@@ -27,9 +27,17 @@ from tqdm.auto import tqdm
 from metarun import algos, data, models, optim
 from metarun import logger as loggers
 from metarun.algos.base import MetaLearner, outer_grad
+from metarun.checkpoint import (
+    Checkpoints,
+    StopSignals,
+    pending_from_json,
+    pending_to_json,
+    resume_point,
+)
 from metarun.config import Config, ConfigError, to_dict
 from metarun.distributed import is_lead
 from metarun.evaluate import episode_keys, evaluate, make_evaluator
+from metarun.logger.jsonl import truncate
 from metarun.types import PRNGKey, TaskSource
 
 log = logging.getLogger(__name__)
@@ -64,8 +72,15 @@ def build(config: Config) -> Experiment:
     source = jax.block_until_ready(data.make(config.data))
     prepare_sec = time.perf_counter() - start
     model = models.make(config.model, source.output_dim)
-    apply_fn = models.make_apply(model, config.trainer.precision)
-    learner = algos.make(config.algo, apply_fn, source.objective)
+    net = models.network(model, config.trainer.precision)
+    learner = algos.make(config.algo, net, source.objective)
+    train_ways = getattr(config.data, "train_ways", None)
+    if train_ways not in (None, source.output_dim) and not learner.any_ways:
+        raise ConfigError(
+            f"data.train_ways={train_ways} is invalid with algo={config.algo.name}: its model "
+            f"has a head of data.ways={source.output_dim} outputs; train with data.ways "
+            "classes, or use a metric-based learner (protonet, matchingnet)"
+        )
     optimizer = optim.make(config.optim, config.trainer.steps)
     return Experiment(config, source, model, learner, optimizer, prepare_sec)
 
@@ -77,10 +92,10 @@ def rng_streams(seed: int) -> tuple[PRNGKey, PRNGKey]:
 
 
 def init_state(exp: Experiment, key: PRNGKey) -> TrainState:
-    model_key, episode_key = jax.random.split(key)
+    model_key, episode_key, learner_key = jax.random.split(key, 3)
     example = exp.source.samplers["train"](episode_key)
     params = exp.model.init(model_key, example.support_x)["params"]
-    meta_params = exp.learner.init(params)
+    meta_params = exp.learner.init(params, learner_key, example)
     return TrainState(jnp.zeros((), jnp.int32), meta_params, exp.optimizer.init(meta_params))
 
 
@@ -119,9 +134,12 @@ def make_meta_step(exp: Experiment, mesh: Mesh | None = None):
     that the split's arrays are inputs of the compiled program rather than constants in it.
     With a ``mesh`` the tasks of the meta-batch are split over its devices, each sampling and
     adapting its share; XLA averages the meta-gradient across them (an all-reduce).
+    With ``trainer.nan_policy=skip`` an update with a non-finite loss or gradient is dropped
+    on the device and ``metrics["skipped"]`` says so.
     """
     meta_batch = exp.config.trainer.meta_batch
-    inner_steps = exp.config.algo.inner_steps
+    inner_steps = algos.inner_steps(exp.config.algo)
+    skip_nan = exp.config.trainer.nan_policy == "skip"
 
     def meta_step(state: TrainState, train_key: PRNGKey, sample):
         key = jax.random.fold_in(train_key, state.step)
@@ -135,6 +153,16 @@ def make_meta_step(exp: Experiment, mesh: Mesh | None = None):
         updates, opt_state = exp.optimizer.update(grads, state.opt_state, state.meta_params)
         meta_params = optax.apply_updates(state.meta_params, updates)
         metrics["grad_norm"] = optax.tree.norm(grads)
+        if skip_nan:
+            # A select, not a branch on the host: no device->host sync. The step still counts,
+            # so the next one samples other tasks.
+            ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+            meta_params, opt_state = jax.tree.map(
+                lambda new, old: jnp.where(ok, new, old),
+                (meta_params, opt_state),
+                (state.meta_params, state.opt_state),
+            )
+            metrics["skipped"] = ~ok
         return TrainState(state.step + 1, meta_params, opt_state), metrics
 
     return meta_step
@@ -163,24 +191,46 @@ def compile_meta_step(
 # ---------------------------------------------------------- Train loop ----
 
 
-def _fetch(pending: list[dict]) -> dict[str, float]:
-    """Mean of each metric over the steps since the last log: one device->host transfer."""
+def _fetch(pending: list[dict]) -> tuple[dict[str, float], int]:
+    """Mean of each metric over the steps since the last log: one device->host transfer.
+
+    Returns the means and the number of skipped updates (``trainer.nan_policy=skip``), which
+    the means leave out (NaN if every update was skipped).
+    """
     stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *pending))
-    return {k: float(np.mean(v)) for k, v in stacked.items()}
+    applied = ~stacked.pop("skipped", np.zeros(len(pending), bool))
+    means = {k: float(np.mean(v[applied])) if applied.any() else np.nan for k, v in stacked.items()}
+    return means, int(len(pending) - applied.sum())
+
+
+def _check_finite(means: dict[str, float], first: int, last: int) -> None:
+    """``trainer.nan_policy=stop``: raise before anything of a diverged run is logged or saved."""
+    if not (np.isfinite(means["loss"]) and np.isfinite(means["grad_norm"])):
+        raise FloatingPointError(
+            f"non-finite meta-training loss or gradient between steps {first} and {last}; lower "
+            "optim.lr or algo.inner_lr, or skip such updates with trainer.nan_policy=skip"
+        )
 
 
 def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[str, Any]:
     """Meta-train, meta-test and write ``metrics.jsonl``, ``result.json`` and plots to run_dir.
 
     ``exp``: what ``build(config)`` returns, when the caller has built it already.
+    Unless ``trainer.resume=never``, training continues from the newest checkpoint in
+    ``run_dir/checkpoints/state`` and ends as the uninterrupted run would (same records,
+    parameters and result). SIGTERM, SIGINT and SIGUSR2 stop it after the current step with
+    a checkpoint (:class:`metarun.checkpoint.StopSignals`).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     exp = build(config) if exp is None else exp
     lead = is_lead()  # in a multi-process run, only process 0 writes files
+    resumed = resume_point(run_dir, config)  # before any file is written: it may refuse
     if lead:  # the validated config, for metarun.load (.hydra/ exists only under the CLI)
         (run_dir / CONFIG).write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
     trainer, eval_cfg = config.trainer, config.eval
     objective = exp.source.objective
+    # Step s samples its tasks from fold_in(train_key, s), a pure function of config.seed and
+    # s: a checkpoint needs only the step to continue the same stream of training tasks.
     init_key, train_key = rng_streams(config.seed)
     mesh = task_mesh(trainer.devices, trainer.meta_batch)
     state = replicate(init_state(exp, init_key), mesh)
@@ -190,52 +240,102 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
 
     val_sampler = replicate(exp.source.samplers["val"], mesh)
     val_eval = make_evaluator(
-        exp.learner, objective, inner_steps=eval_cfg.inner_steps, batch=eval_cfg.batch
+        exp.learner, objective, inner_steps=algos.eval_steps(config), batch=eval_cfg.batch
     )
     val_keys = episode_keys(eval_cfg.seed, "val", eval_cfg.val_episodes)
     metric = objective.metric
 
+    first = resumed[0] if resumed else 0  # the step training starts after
+    if lead and "jsonl" in config.logger:  # it appends: drop the records after the checkpoint
+        truncate(run_dir / config.logger["jsonl"].filename, first)
     tracker = (
         loggers.make(config.logger, run_dir, to_dict(config)) if lead else loggers.MultiLogger([])
     )
+    bar = tqdm(
+        total=trainer.steps,
+        initial=first,
+        unit="step",
+        disable=not trainer.progress,
+        dynamic_ncols=True,
+    )
     best = _Best(objective.maximize)
-    history: list[dict[str, Any]] = []
-    pending: list[dict] = []
-    last_time, last_step = time.perf_counter(), 0
-    start = last_time
-    bar = tqdm(total=trainer.steps, unit="step", disable=not trainer.progress, dynamic_ncols=True)
+    history: list[dict[str, Any]] = []  # the logged records (plots, tasks_per_sec)
+    pending: list[dict] = []  # per-step metrics since the last log
+    skipped, train_sec = 0, 0.0  # updates skipped so far; training seconds of earlier runs
+    checkpoints = Checkpoints(run_dir, trainer.keep_checkpoints)
     try:
-        for step in range(1, trainer.steps + 1):
-            # No host<->device copy may hide in a step: one would stall the pipeline each step.
-            with jax.transfer_guard("disallow"):
-                state, metrics = meta_step(state, train_key, train_sampler)
-            pending.append(metrics)
-            bar.update()
-            if step % trainer.log_every and step != trainer.steps:
-                continue
-            record = {"step": step, **_fetch(pending)}
-            if not np.isfinite(record["loss"]):
-                raise FloatingPointError(
-                    f"non-finite meta-training loss between steps {step - len(pending) + 1} "
-                    f"and {step}; lower optim.lr or algo.inner_lr"
-                )
-            record["steps_per_sec"] = (step - last_step) / (time.perf_counter() - last_time)
-            record["tasks_per_sec"] = record["steps_per_sec"] * trainer.meta_batch
-            pending, last_step = [], step
-            if trainer.val_every and step % trainer.val_every == 0:
-                val = evaluate(val_eval, state.meta_params, val_sampler, val_keys, metric)
-                record.update({f"val_{metric}": val.mean, f"val_{metric}_ci95": val.ci95})
-                best.offer(step, val.mean, state.meta_params)
-            tracker.log(record)
-            last_time = time.perf_counter()  # validation and logging are not training speed
-            history.append(record)
-            bar.set_postfix(
-                {k: f"{v:.4g}" for k, v in record.items() if k in ("loss", metric, f"val_{metric}")}
-            )
-        train_sec = time.perf_counter() - start
+        if resumed is not None:
+            loop = resumed[1]
+            like_best = state.meta_params if loop["best_value"] is not None else None
+            state, best.params = checkpoints.arrays(first, state, like_best)
+            best.step, best.value = loop["best_step"], loop["best_value"]
+            history, pending = loop["history"], pending_from_json(loop["pending"])
+            skipped, train_sec = loop["skipped_steps"], loop["train_sec"]
+            log.info("resuming from the checkpoint at step %d in %s", first, checkpoints.directory)
+        last_time, last_step = time.perf_counter(), first
+        start = last_time
+        with StopSignals() as stop:
+            for step in range(first + 1, trainer.steps + 1):
+                # No host<->device copy may hide in a step: one would stall the pipeline.
+                with jax.transfer_guard("disallow"):
+                    state, metrics = meta_step(state, train_key, train_sampler)
+                pending.append(metrics)
+                bar.update()
+                if step % trainer.log_every == 0 or step == trainer.steps:
+                    means, newly_skipped = _fetch(pending)
+                    if trainer.nan_policy == "stop":
+                        _check_finite(means, step - len(pending) + 1, step)
+                    record = {"step": step, **means}
+                    if trainer.nan_policy == "skip":
+                        skipped += newly_skipped
+                        record["skipped_steps"] = skipped
+                    record["steps_per_sec"] = (step - last_step) / (time.perf_counter() - last_time)
+                    record["tasks_per_sec"] = record["steps_per_sec"] * trainer.meta_batch
+                    pending, last_step = [], step
+                    if trainer.val_every and step % trainer.val_every == 0:
+                        val = evaluate(val_eval, state.meta_params, val_sampler, val_keys, metric)
+                        record.update({f"val_{metric}": val.mean, f"val_{metric}_ci95": val.ci95})
+                        best.offer(step, val.mean, state.meta_params)
+                    tracker.log(record)
+                    last_time = time.perf_counter()  # validation and logging are not training
+                    history.append(record)
+                    bar.set_postfix(
+                        {
+                            k: f"{v:.4g}"
+                            for k, v in record.items()
+                            if k in ("loss", metric, f"val_{metric}")
+                        }
+                    )
+
+                stopping = stop.requested(at_log_step=not pending)
+                periodic = trainer.checkpoint_every and step % trainer.checkpoint_every == 0
+                if stopping or periodic or step == trainer.steps:
+                    if pending and trainer.nan_policy == "stop":  # stopped between two logs
+                        _check_finite(_fetch(pending)[0], step - len(pending) + 1, step)
+                    loop = {
+                        "config": to_dict(config),  # what resume=auto compares with
+                        "best_step": best.step,
+                        "best_value": best.value,
+                        "history": history,
+                        "pending": pending_to_json(pending),
+                        "skipped_steps": skipped,
+                        "train_sec": train_sec + time.perf_counter() - start,
+                    }
+                    checkpoints.save(step, state, best.params, loop)
+                if stopping:
+                    checkpoints.wait()  # before handing over: submitit requeues at once
+                    log.warning(
+                        "stopped after step %d; the training state is in %s: the same command "
+                        "in this run dir continues from it (trainer.resume=auto)",
+                        step,
+                        checkpoints.directory / str(step),
+                    )
+                    stop.forward()
+        train_sec += time.perf_counter() - start
     finally:
         bar.close()
         tracker.close()
+        checkpoints.close()
 
     # The paper protocol: test the meta-parameters that did best on the validation split
     # (the last ones when validation is off).
@@ -249,6 +349,7 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
         prepare_sec=exp.prepare_sec,
         compile_sec=compile_sec,
         train_sec=train_sec,
+        skipped_steps=skipped,
         # Steady state: the median over logging intervals after the first (which has warm-up).
         tasks_per_sec=float(np.median([r["tasks_per_sec"] for r in history[1:] or history]))
         if history
@@ -262,14 +363,17 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
         (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     steps = result["inner_steps"]
     log.info(
-        "test %s after %d step%s: %.4f ± %.4f (95%% CI, %d episodes; before adaptation %.4f)",
+        "test %s%s: %.4f ± %.4f (95%% CI, %d episodes%s)",
         metric,
-        steps,
-        "" if steps == 1 else "s",
+        f" after {steps} step{'' if steps == 1 else 's'}"
+        if algos.gradient_based(config.algo)
+        else "",
         result["mean"],
         result["ci95"],
         result["episodes"],
-        result["pre_adaptation_mean"],
+        f"; before adaptation {result['pre_adaptation_mean']:.4f}"
+        if "pre_adaptation_mean" in result
+        else "",
     )
     if lead:
         _plot(exp, meta_params, history, run_dir)
@@ -304,16 +408,23 @@ def save_params(path: Path, meta_params) -> None:
 
 
 def _meta_test(exp: Experiment, meta_params, mesh: Mesh) -> dict[str, Any]:
-    """Final evaluation on the test split, after ``eval.inner_steps`` and before adapting."""
+    """Final evaluation on the test split: after ``eval.inner_steps`` and, for gradient-based
+    learners, before adapting (``pre_adaptation_*``)."""
     eval_cfg, objective = exp.config.eval, exp.source.objective
     keys = episode_keys(eval_cfg.seed, "test", eval_cfg.episodes)
     test_sampler = replicate(exp.source.samplers["test"], mesh)
     result: dict[str, Any] = {"metric": objective.metric}
-    for steps, prefix in ((eval_cfg.inner_steps, ""), (0, "pre_adaptation_")):
-        evaluator = make_evaluator(exp.learner, objective, inner_steps=steps, batch=eval_cfg.batch)
+    steps = algos.eval_steps(exp.config)
+    runs = [(steps, "")]
+    if algos.gradient_based(exp.config.algo):
+        runs.append((0, "pre_adaptation_"))
+    for num_steps, prefix in runs:
+        evaluator = make_evaluator(
+            exp.learner, objective, inner_steps=num_steps, batch=eval_cfg.batch
+        )
         outcome = evaluate(evaluator, meta_params, test_sampler, keys, objective.metric)
         result[f"{prefix}mean"], result[f"{prefix}ci95"] = outcome.mean, outcome.ci95
-    result.update(episodes=eval_cfg.episodes, inner_steps=eval_cfg.inner_steps, split="test")
+    result.update(episodes=eval_cfg.episodes, inner_steps=steps, split="test")
     return result
 
 
@@ -324,5 +435,5 @@ def _plot(exp: Experiment, meta_params, history: list[dict], run_dir: Path) -> N
         plot_learning_curves(history, exp.source.objective.metric, run_dir / "learning_curves.png")
     if exp.source.plot is not None:
         exp.source.plot(
-            exp.learner, meta_params, exp.config.eval.inner_steps, run_dir / "adaptation.png"
+            exp.learner, meta_params, algos.eval_steps(exp.config), run_dir / "adaptation.png"
         )

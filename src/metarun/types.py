@@ -7,6 +7,7 @@ meta-batch is just ``jax.vmap`` of a task source over keys.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -18,13 +19,22 @@ Params = Any  # a pytree of arrays
 PRNGKey = jax.Array
 
 
-class Episode(NamedTuple):
-    """One task. ``*_x``: ``[n, *input_shape]``; ``*_y``: ``[n]`` labels or ``[n, d]`` targets."""
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Episode:
+    """One task. ``*_x``: ``[n, *input_shape]``; ``*_y``: ``[n]`` labels or ``[n, d]`` targets.
+
+    ``ways`` is the number of classes, 0 for regression. It is static (pytree metadata, not an
+    array): metric-based learners need it as a shape (one prototype per class), and one
+    program may see episodes of two sizes (``data.train_ways`` for training, ``data.ways``
+    for evaluation).
+    """
 
     support_x: Array
     support_y: Array
     query_x: Array
     query_y: Array
+    ways: int = dataclasses.field(default=0, metadata=dict(static=True))
 
 
 class Objective(NamedTuple):

@@ -117,7 +117,7 @@ def test_episodes_are_well_formed(sizes, n):
 def test_same_key_same_episode_other_key_other_episode():
     first = episodes(**ROTATED)
     again = sample_batch(KEYS.at[1].set(KEYS[0]), **ROTATED)  # same shape: no recompile
-    for a, b in zip(first, again, strict=True):
+    for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again), strict=True):
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(b[1], b[0])
         np.testing.assert_array_equal(a[2:], b[2:])
@@ -128,7 +128,7 @@ def test_vmapped_sampler_equals_looped_calls():
     batched = episodes(**ROTATED)
     single = jax.jit(make_sampler(IMAGES, **ROTATED))
     for i, key in enumerate(KEYS[:4]):
-        for a, b in zip(batched, single(key), strict=True):
+        for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(single(key)), strict=True):
             np.testing.assert_array_equal(a[i], b)
 
 

@@ -1,20 +1,46 @@
 """Meta-learning algorithms, selected by ``algo.name``.
 
 Each module is a few pure functions returning a :class:`~metarun.algos.base.MetaLearner`
-and registers ``from_config(cfg, apply_fn, objective)`` under its yaml's name.
-Adding an algorithm = one module here + one yaml in ``conf/algo/`` + tests.
+and registers ``from_config(cfg, net, objective)`` under its yaml's name (``net``: the model
+as a :class:`~metarun.models.Network`). Adding an algorithm = one module here + one yaml in
+``conf/algo/`` (+ its schema in ``config.py`` if it has keys of its own) + tests.
 """
 
 from metarun.registry import Registry
 
 algos = Registry("algo")
 
-from metarun.algos import anil, maml, metasgd, reptile  # noqa: E402,F401  (register)
+from metarun.algos import anil, maml, matchingnet, metasgd, protonet, reptile  # noqa: E402,F401  (register)
 from metarun.algos.base import MetaLearner, outer_grad, outer_loss  # noqa: E402
 
 
-def make(cfg, apply_fn, objective) -> MetaLearner:
-    return algos.get(cfg.name)(cfg, apply_fn, objective)
+def make(cfg, net, objective) -> MetaLearner:
+    return algos.get(cfg.name)(cfg, net, objective)
 
 
-__all__ = ["MetaLearner", "algos", "make", "outer_grad", "outer_loss"]
+def gradient_based(cfg) -> bool:
+    """Whether the learner adapts by an inner loop (MAML family, Reptile): whether
+    ``algo.inner_steps`` and ``eval.inner_steps`` mean anything to it."""
+    return hasattr(cfg, "inner_steps")
+
+
+def inner_steps(cfg) -> int:
+    """``algo.inner_steps``; 0 for a learner that adapts in one forward pass."""
+    return cfg.inner_steps if gradient_based(cfg) else 0
+
+
+def eval_steps(config) -> int:
+    """``eval.inner_steps``; 0 for a learner that adapts in one forward pass."""
+    return config.eval.inner_steps if gradient_based(config.algo) else 0
+
+
+__all__ = [
+    "MetaLearner",
+    "algos",
+    "eval_steps",
+    "gradient_based",
+    "inner_steps",
+    "make",
+    "outer_grad",
+    "outer_loss",
+]

@@ -22,12 +22,15 @@ HEAD = "head"
 def anil(apply_fn, loss_fn, *, inner_lr: float, first_order: bool = False) -> MetaLearner:
     """ANIL on a model whose parameters hold a top-level ``head`` entry."""
 
-    def init(params):
+    def init(params, key=None, episode=None):
+        del key, episode
         if HEAD not in params:
             raise ValueError(f"ANIL adapts the layer named {HEAD!r}; the model has {list(params)}")
         return params
 
-    def adapt(params, support_x, support_y, num_steps):
+    def adapt(params, support_x, support_y, num_steps, ways=0):
+        del ways  # the head has data.ways outputs
+
         def support_loss(head):
             return loss_fn(apply_fn({**params, HEAD: head}, support_x), support_y)
 
@@ -38,5 +41,5 @@ def anil(apply_fn, loss_fn, *, inner_lr: float, first_order: bool = False) -> Me
 
 
 @algos.register("anil")
-def from_config(cfg, apply_fn, objective: Objective) -> MetaLearner:
-    return anil(apply_fn, objective.loss, inner_lr=cfg.inner_lr, first_order=cfg.first_order)
+def from_config(cfg, net, objective: Objective) -> MetaLearner:
+    return anil(net.apply, objective.loss, inner_lr=cfg.inner_lr, first_order=cfg.first_order)

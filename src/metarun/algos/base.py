@@ -3,10 +3,12 @@
 A meta-learner is a tuple of pure functions (in the spirit of optax's
 ``GradientTransformation``):
 
-* ``init(params) -> meta_params``: wrap the model's initial parameters with
-  whatever else is meta-learned (Meta-SGD's learning rates, ...);
-* ``adapt(meta_params, support_x, support_y, num_steps) -> task_params``: learn
-  from one task's support set (``num_steps`` is static: it sets the scan length);
+* ``init(params, key, episode) -> meta_params``: wrap the model's initial parameters
+  with whatever else is meta-learned (Meta-SGD's learning rates, a relation module's
+  weights initialised from ``key`` at the shapes of an example ``episode``, ...);
+* ``adapt(meta_params, support_x, support_y, num_steps, ways) -> task_params``:
+  learn from one task's support set (``num_steps`` and ``ways``, the number of
+  classes or 0 for regression, are static: a scan length, a shape);
 * ``predict(meta_params, task_params, query_x) -> predictions``;
 * ``outer_grad`` (optional): the meta-gradient of a meta-batch, for algorithms
   whose update is not the gradient of the query loss (Reptile).
@@ -15,6 +17,10 @@ The shared outer objective adapts on each support set, scores on the query set,
 and averages over the tasks of a meta-batch with ``jax.vmap``:
 
     L(θ) = 1/T Σ_t L_query_t(adapt(θ, support_t)).
+
+Gradient-based learners adapt by an inner loop; metric-based and black-box
+learners "adapt" in one forward pass (prototypes, an attention memory, a
+sequence model's context) and ignore ``num_steps``.
 """
 
 from __future__ import annotations
@@ -25,17 +31,51 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from metarun.types import Array, Episode, Objective, Params
+from metarun.config import ConfigError
+from metarun.types import Array, Episode, Objective, Params, PRNGKey
 
 MetaParams = Any
 TaskParams = Any
 
 
 class MetaLearner(NamedTuple):
-    init: Callable[[Params], MetaParams]
-    adapt: Callable[[MetaParams, Array, Array, int], TaskParams]
+    """The functions above, and:
+
+    * ``loss`` (optional): ``(predictions, query_y) -> scalar``, the learner's own query loss
+      in place of the dataset's (Relation Networks regress scores on one-hot labels);
+    * ``any_ways``: whether training episodes may have another number of classes than the
+      evaluation ones (``data.train_ways``): true when there is no ``ways``-wide head.
+    """
+
+    init: Callable[[Params, PRNGKey, Episode], MetaParams]
+    adapt: Callable[[MetaParams, Array, Array, int, int], TaskParams]
     predict: Callable[[MetaParams, TaskParams, Array], Array]
     outer_grad: Callable[[MetaParams, Episode, int], tuple[MetaParams, dict]] | None = None
+    loss: Callable[[Array, Array], Array] | None = None
+    any_ways: bool = False
+
+
+def init_params(params: Params, key: PRNGKey = None, episode: Episode | None = None) -> Params:
+    """``init`` for learners whose meta-parameters are the model's parameters."""
+    del key, episode
+    return params
+
+
+def drop_head(params: Params, key: PRNGKey = None, episode: Episode | None = None) -> Params:
+    """``init`` for learners that use the model's features only (``Network.embed``)."""
+    del key, episode
+    return {name: p for name, p in params.items() if name != "head"}
+
+
+def require_classification(name: str, objective: Objective) -> None:
+    """Metric-based and black-box learners compare classes: refuse regression data early."""
+    if objective.metric != "accuracy":
+        raise ConfigError(
+            f"algo={name} is invalid with this data: it classifies, and the dataset is "
+            f"scored by {objective.metric}; use a classification dataset (data=omniglot, "
+            "data=mini_imagenet) or a gradient-based algorithm (maml, fomaml, anil, metasgd, "
+            "reptile)"
+        )
 
 
 def predict_with_adapted(apply_fn: Callable[[Params, Array], Array]):
@@ -89,9 +129,10 @@ def adapt_and_predict(
     support_y: Array,
     query_x: Array,
     num_steps: int,
+    ways: int,
 ) -> Array:
     """Adapt on a support set for ``num_steps``, then predict the whole query set at once."""
-    task_params = learner.adapt(meta_params, support_x, support_y, num_steps)
+    task_params = learner.adapt(meta_params, support_x, support_y, num_steps, ways)
     return learner.predict(meta_params, task_params, query_x)
 
 
@@ -102,11 +143,21 @@ def task_metrics(
     episode: Episode,
     num_steps: int,
 ) -> dict[str, Array]:
-    """Adapt on one episode's support set; metrics of the adapted learner on its query set."""
+    """Adapt on one episode's support set; metrics of the adapted learner on its query set
+    (``loss`` is the learner's own when it has one)."""
     predictions = adapt_and_predict(
-        learner, meta_params, episode.support_x, episode.support_y, episode.query_x, num_steps
+        learner,
+        meta_params,
+        episode.support_x,
+        episode.support_y,
+        episode.query_x,
+        num_steps,
+        episode.ways,
     )
-    return objective.metrics(predictions, episode.query_y)
+    metrics = objective.metrics(predictions, episode.query_y)
+    if learner.loss is not None:
+        metrics["loss"] = learner.loss(predictions, episode.query_y)
+    return metrics
 
 
 def outer_loss(

@@ -15,7 +15,12 @@ from __future__ import annotations
 from functools import partial
 
 from metarun.algos import algos
-from metarun.algos.base import MetaLearner, gradient_descent, predict_with_adapted
+from metarun.algos.base import (
+    MetaLearner,
+    gradient_descent,
+    init_params,
+    predict_with_adapted,
+)
 from metarun.types import Objective
 
 
@@ -29,15 +34,15 @@ def maml(apply_fn, loss_fn, *, inner_lr: float, first_order: bool = False) -> Me
       first_order: drop the second-order terms of the meta-gradient.
     """
 
-    def adapt(params, support_x, support_y, num_steps):
+    def adapt(params, support_x, support_y, num_steps, ways=0):
+        del ways  # the head has data.ways outputs
+
         def support_loss(p):
             return loss_fn(apply_fn(p, support_x), support_y)
 
         return gradient_descent(support_loss, params, inner_lr, num_steps, first_order)
 
-    return MetaLearner(
-        init=lambda params: params, adapt=adapt, predict=predict_with_adapted(apply_fn)
-    )
+    return MetaLearner(init=init_params, adapt=adapt, predict=predict_with_adapted(apply_fn))
 
 
 fomaml = partial(maml, first_order=True)
@@ -45,5 +50,5 @@ fomaml = partial(maml, first_order=True)
 
 @algos.register("maml")
 @algos.register("fomaml")
-def from_config(cfg, apply_fn, objective: Objective) -> MetaLearner:
-    return maml(apply_fn, objective.loss, inner_lr=cfg.inner_lr, first_order=cfg.first_order)
+def from_config(cfg, net, objective: Objective) -> MetaLearner:
+    return maml(net.apply, objective.loss, inner_lr=cfg.inner_lr, first_order=cfg.first_order)

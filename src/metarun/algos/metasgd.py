@@ -18,10 +18,13 @@ from metarun.types import Objective
 def metasgd(apply_fn, loss_fn, *, inner_lr: float, first_order: bool = False) -> MetaLearner:
     """Meta-SGD; ``meta_params = {"params": θ, "inner_lr": α}`` with α shaped like θ."""
 
-    def init(params):
+    def init(params, key=None, episode=None):
+        del key, episode
         return {"params": params, "inner_lr": jax.tree.map(lambda p: p * 0 + inner_lr, params)}
 
-    def adapt(meta_params, support_x, support_y, num_steps):
+    def adapt(meta_params, support_x, support_y, num_steps, ways=0):
+        del ways  # the head has data.ways outputs
+
         def support_loss(p):
             return loss_fn(apply_fn(p, support_x), support_y)
 
@@ -33,5 +36,5 @@ def metasgd(apply_fn, loss_fn, *, inner_lr: float, first_order: bool = False) ->
 
 
 @algos.register("metasgd")
-def from_config(cfg, apply_fn, objective: Objective) -> MetaLearner:
-    return metasgd(apply_fn, objective.loss, inner_lr=cfg.inner_lr, first_order=cfg.first_order)
+def from_config(cfg, net, objective: Objective) -> MetaLearner:
+    return metasgd(net.apply, objective.loss, inner_lr=cfg.inner_lr, first_order=cfg.first_order)

@@ -20,7 +20,12 @@ import jax
 import jax.numpy as jnp
 
 from metarun.algos import algos
-from metarun.algos.base import MetaLearner, gradient_descent, predict_with_adapted
+from metarun.algos.base import (
+    MetaLearner,
+    gradient_descent,
+    init_params,
+    predict_with_adapted,
+)
 from metarun.config import ConfigError
 from metarun.types import Objective
 
@@ -28,7 +33,9 @@ from metarun.types import Objective
 def reptile(apply_fn, objective: Objective, *, inner_lr: float) -> MetaLearner:
     """Reptile; the meta-parameters are the model's initial parameters θ."""
 
-    def adapt(params, support_x, support_y, num_steps):
+    def adapt(params, support_x, support_y, num_steps, ways=0):
+        del ways  # the head has data.ways outputs
+
         def support_loss(p):
             return objective.loss(apply_fn(p, support_x), support_y)
 
@@ -46,7 +53,7 @@ def reptile(apply_fn, objective: Objective, *, inner_lr: float) -> MetaLearner:
         return pseudo_grad, jax.tree.map(jnp.mean, query_metrics)
 
     return MetaLearner(
-        init=lambda params: params,
+        init=init_params,
         adapt=adapt,
         predict=predict_with_adapted(apply_fn),
         outer_grad=outer_grad,
@@ -54,10 +61,10 @@ def reptile(apply_fn, objective: Objective, *, inner_lr: float) -> MetaLearner:
 
 
 @algos.register("reptile")
-def from_config(cfg, apply_fn, objective: Objective) -> MetaLearner:
+def from_config(cfg, net, objective: Objective) -> MetaLearner:
     if not cfg.first_order:
         raise ConfigError(
             "algo.first_order=False is invalid: Reptile is first-order by "
             "construction (it never differentiates through the inner loop)"
         )
-    return reptile(apply_fn, objective, inner_lr=cfg.inner_lr)
+    return reptile(net.apply, objective, inner_lr=cfg.inner_lr)

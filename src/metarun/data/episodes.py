@@ -106,6 +106,7 @@ def sample_episode(
         support_y=jnp.repeat(labels, shots),
         query_x=x[:, shots:].reshape(ways * queries, *image_shape),
         query_y=jnp.repeat(labels, queries),
+        ways=ways,
     )
 
 
@@ -146,7 +147,8 @@ def image_task_source(images: dict, cfg) -> TaskSource:
     Args:
       images: split name (``train``, ``val``, ``test``) -> ``uint8 [classes, samples, H, W, C]``.
       cfg: the data config; ``ways``, ``shots``, ``queries`` give the evaluation episodes (val
-        and test), ``train_shots`` and ``train_queries`` (None: the same) the training ones.
+        and test), ``train_ways``, ``train_shots`` and ``train_queries`` (None: the same) the
+        training ones.
 
     Raises:
       ConfigError: naming the key, when a split cannot serve the episodes asked for.
@@ -156,14 +158,16 @@ def image_task_source(images: dict, cfg) -> TaskSource:
     samplers = {}
     for split, array in images.items():
         train = split == "train"
+        ways = cfg.train_ways if train and cfg.train_ways else cfg.ways
         shots = cfg.train_shots if train and cfg.train_shots else cfg.shots
         queries = cfg.train_queries if train and cfg.train_queries else cfg.queries
         classes, samples = array.shape[:2]
         pool = 4 * classes if cfg.rotations else classes
-        if cfg.ways > pool:
+        if ways > pool:
             rotated = f" ({classes} × 4 rotations)" if cfg.rotations else ""
+            key = "data.train_ways" if train and cfg.train_ways else "data.ways"
             raise ConfigError(
-                f"data.ways={cfg.ways} is invalid: the {split} split of data={cfg.name} has "
+                f"{key}={ways} is invalid: the {split} split of data={cfg.name} has "
                 f"{pool} classes{rotated}; ask for fewer ways or choose a larger split"
             )
         if shots + queries > samples:
@@ -173,7 +177,7 @@ def image_task_source(images: dict, cfg) -> TaskSource:
                 f"split of data={cfg.name} has {samples} samples per class"
             )
         samplers[split] = make_sampler(
-            array, ways=cfg.ways, shots=shots, queries=queries, rotations=cfg.rotations
+            array, ways=ways, shots=shots, queries=queries, rotations=cfg.rotations
         )
     return TaskSource(
         samplers=samplers,

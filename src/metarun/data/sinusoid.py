@@ -66,7 +66,7 @@ def plot(learner, meta_params, inner_steps: int, path, cfg, key: PRNGKey | None 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(grid, task(grid), color="black", label="ground truth")
     for s in steps:
-        pred = adapt_and_predict(learner, meta_params, support_x, support_y, grid, s)
+        pred = adapt_and_predict(learner, meta_params, support_x, support_y, grid, s, 0)
         style = ":" if s == 0 else "--"
         label = "pre-update" if s == 0 else f"after {s} step{'s' if s > 1 else ''}"
         ax.plot(grid, np.asarray(pred), style, label=label)

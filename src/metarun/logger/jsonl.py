@@ -32,6 +32,25 @@ class JsonlLogger:
         """Nothing to add: the result is the run dir's ``result.json``."""
 
 
+def truncate(path: Path, step: int) -> None:
+    """Drop the records after ``step``: a run resuming from its checkpoint at ``step`` logs
+    them again (``JsonlLogger`` appends)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill: all later steps are newer
+            break
+        if record["step"] > step:
+            break
+        kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    tmp.replace(path)  # atomic: a kill now leaves the old file or the new one
+
+
 @loggers.register("jsonl")
 def _jsonl(cfg, run_dir: Path, config: dict[str, Any]) -> JsonlLogger:
     return JsonlLogger(run_dir / cfg.filename)

@@ -4,7 +4,8 @@ Each block is a 3×3 convolution (padding SAME), BatchNorm, ReLU and a 2×2 max-
 ``strided=True`` is MAML's Omniglot variant, stride-2 convolutions and no pooling,
 the last feature maps averaged over space (``tf.reduce_mean`` in MAML's ``forward_conv``). A
 Dense layer named ``head`` maps the features to ``output_dim`` logits; ``embed`` returns
-the features alone, for metric-based learners that use the encoder without a head.
+the features alone and ``feature_maps`` the last maps, for metric-based learners that use the
+encoder without a head.
 Typical settings: 64 filters on 28×28×1 Omniglot, 32 on 84×84×3 mini-ImageNet (MAML).
 
 Two implementations of the same convolution, chosen per backend (``conv="auto"``): XLA's own
@@ -185,8 +186,8 @@ class Conv4(nn.Module):
         self.blocks = [_Block(self.filters, self.strided, conv) for _ in range(4)]
         self.head = nn.Dense(self.output_dim, kernel_init=_INIT)
 
-    def embed(self, x):
-        """The features before the head. ``init(..., method="embed")`` creates no head."""
+    def feature_maps(self, x):
+        """The last block's maps ``[batch, h, w, filters]`` (Relation Networks compare them)."""
         if x.ndim != 4:
             raise ValueError(f"Conv4 expects images [batch, H, W, C]; got shape {x.shape}")
         if not self.strided and min(x.shape[1:3]) < 16:
@@ -196,6 +197,11 @@ class Conv4(nn.Module):
             )
         for block in self.blocks:
             x = block(x)
+        return x
+
+    def embed(self, x):
+        """The features before the head."""
+        x = self.feature_maps(x)
         if self.strided:
             return jnp.mean(x, axis=(1, 2))
         return x.reshape(x.shape[0], -1)

@@ -18,12 +18,20 @@ class MLP(nn.Module):
     output_dim: int
     activation: str = "relu"
 
-    @nn.compact
-    def __call__(self, x):
+    def setup(self):
+        # Named as nn.compact would name them, so that saved parameters keep their keys.
+        self.layers = [nn.Dense(width, name=f"Dense_{i}") for i, width in enumerate(self.hidden)]
+        self.head = nn.Dense(self.output_dim)
+
+    def embed(self, x):
+        """The last hidden layer's activations (the input, flattened, without hidden layers)."""
         x = x.reshape(x.shape[0], -1)
-        for width in self.hidden:
-            x = _ACTIVATIONS[self.activation](nn.Dense(width)(x))
-        return nn.Dense(self.output_dim, name="head")(x)
+        for layer in self.layers:
+            x = _ACTIVATIONS[self.activation](layer(x))
+        return x
+
+    def __call__(self, x):
+        return self.head(self.embed(x))
 
 
 @models.register("mlp")

@@ -60,12 +60,17 @@ class ResNet12(nn.Module):
         self.blocks = [_ResidualBlock(width, conv) for width in self.channels]
         self.head = nn.Dense(self.output_dim, kernel_init=_INIT)
 
-    def embed(self, x):
+    def feature_maps(self, x):
+        """The last block's maps ``[batch, h, w, channels[-1]]``."""
         if x.ndim != 4:
             raise ValueError(f"ResNet12 expects images [batch, H, W, C]; got shape {x.shape}")
         for block in self.blocks:
             x = block(x)
-        return jnp.mean(x, axis=(1, 2))
+        return x
+
+    def embed(self, x):
+        """The features before the head: the last maps averaged over space."""
+        return jnp.mean(self.feature_maps(x), axis=(1, 2))
 
     def __call__(self, x):
         return self.head(self.embed(x))

@@ -1,0 +1,235 @@
+"""Training-state checkpoints, when a run may resume from one, and stopping on a signal.
+
+A checkpoint is ``<run_dir>/checkpoints/state/<step>/``, written by an orbax
+``CheckpointManager`` that keeps the last ``trainer.keep_checkpoints``. It holds three items:
+
+- ``state``: the :class:`~metarun.train.TrainState` (step, meta-parameters, optimizer state);
+- ``best``: the best-on-validation meta-parameters, once validation has run;
+- ``loop``: JSON with the rest of the loop (validation tracker, logged records, per-step
+  metrics not yet logged, skipped updates, training time) and the config that made it.
+
+orbax writes each checkpoint into ``<step>.orbax-checkpoint-tmp-*`` and renames it when
+complete, so a write cut short is never restored, and the next run removes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any, NoReturn
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from metarun.config import Config, ConfigError, to_dict
+from metarun.logger import flatten
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = "checkpoints/state"  # in the run dir; checkpoints/best is the tested parameters
+
+# Keys (and groups) that may differ between a checkpoint's config and the run resuming from
+# it: they change how a run is shown, logged, stored or joined, not what it computes.
+RESUME_SAFE = (
+    "trainer.progress",
+    "trainer.resume",
+    "trainer.checkpoint_every",
+    "trainer.keep_checkpoints",
+    "trainer.coordinator",  # where the processes meet, and which one this is
+    "trainer.process_id",
+    "data.root",  # where the same files are
+    "data.cache_dir",
+    "data.download",
+    "logger",  # every tracker and its settings
+)
+
+
+class Checkpoints:
+    """The run dir's state checkpoints (an orbax ``CheckpointManager``); close it when done."""
+
+    def __init__(self, run_dir: Path, keep: int):
+        self.directory = (run_dir / STATE_DIR).absolute()
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                preservation_policy=ocp.checkpoint_managers.LatestN(keep),
+                cleanup_tmp_directories=True,  # writes a killed process left unfinished
+            ),
+        )
+
+    def latest(self) -> int | None:
+        """The step of the newest complete checkpoint, if any."""
+        return self.manager.latest_step()
+
+    def clear(self) -> None:
+        for step in self.manager.all_steps():
+            self.manager.delete(step)
+
+    def save(self, step: int, state, best_params, loop: dict[str, Any]) -> None:
+        """Start writing (the device->host copy happens before this returns, so the caller may
+        donate ``state`` at once; the files are written in the background)."""
+        items = {"state": ocp.args.StandardSave(state), "loop": ocp.args.JsonSave(loop)}
+        if best_params is not None:
+            items["best"] = ocp.args.StandardSave(best_params)
+        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def loop(self, step: int) -> dict[str, Any]:
+        """The ``loop`` item of the checkpoint at ``step``."""
+        return self.manager.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore())).loop
+
+    def arrays(self, step: int, state, best_params) -> tuple[Any, Any]:
+        """``(state, best parameters)`` at ``step``, shaped and placed like the given trees;
+        ``best_params=None`` when the checkpoint has none."""
+        items = {"state": ocp.args.StandardRestore(_like(state))}
+        if best_params is not None:
+            items["best"] = ocp.args.StandardRestore(_like(best_params))
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        return restored.state, restored.best if best_params is not None else None
+
+    def wait(self) -> None:
+        """Until the background writes are done."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Wait for the background writes, then release the manager."""
+        self.manager.close()
+
+    def __enter__(self) -> Checkpoints:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _like(tree):
+    """Shapes, dtypes and shardings: what orbax restores into."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def resume_point(run_dir: Path, config: Config) -> tuple[int, dict[str, Any]] | None:
+    """Where training starts, by ``trainer.resume``: ``(step, loop item)`` of the run dir's
+    newest checkpoint, or None to start from scratch (``never`` deletes the checkpoints)."""
+    resume = config.trainer.resume
+    with Checkpoints(run_dir, config.trainer.keep_checkpoints) as checkpoints:
+        if resume == "never":
+            checkpoints.clear()
+        step = checkpoints.latest()
+        if step is None:
+            return None
+        loop = checkpoints.loop(step)
+        if resume == "auto":
+            check_resumable(loop["config"], config, step, checkpoints.directory)
+        return step, loop
+
+
+def pending_to_json(pending: list[dict]) -> dict[str, Any]:
+    """The per-step metrics not yet logged, exactly (values and dtypes), for the ``loop`` item:
+    a run stopped between two logging steps resumes with the same means at the next one."""
+    host = jax.device_get(pending)
+    return {
+        "dtypes": {k: v.dtype.str for k, v in host[0].items()} if host else {},
+        "steps": [{k: v.item() for k, v in metrics.items()} for metrics in host],
+    }
+
+
+def pending_from_json(saved: dict[str, Any]) -> list[dict]:
+    """What :func:`pending_to_json` saved, as host arrays."""
+    dtypes = saved["dtypes"]
+    return [{k: np.asarray(v, dtypes[k]) for k, v in m.items()} for m in saved["steps"]]
+
+
+def check_resumable(saved: dict[str, Any], config: Config, step: int, directory: Path) -> None:
+    """``trainer.resume=auto``: refuse a checkpoint made by a config that computes otherwise.
+
+    Every key outside :data:`RESUME_SAFE` must match, except ``trainer.steps``: it may change
+    (not below the checkpoint's step) under ``optim.schedule=constant``, which makes the run
+    the one an uninterrupted run of the new length gives; the cosine schedule depends on it.
+    """
+    old, new = flatten(saved), flatten(to_dict(config))
+    differ = [
+        key
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key) != new.get(key)
+        and not any(key == safe or key.startswith(f"{safe}.") for safe in RESUME_SAFE)
+    ]
+    if "trainer.steps" in differ and config.optim.schedule == "constant":
+        differ.remove("trainer.steps")
+        if config.trainer.steps < step:
+            raise ConfigError(
+                f"trainer.steps={config.trainer.steps} is invalid: the checkpoint in "
+                f"{directory} is at step {step}; trainer.resume=never starts over"
+            )
+    if differ:
+        changes = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differ)
+        raise ConfigError(
+            f"trainer.resume=auto is invalid: the checkpoint at step {step} in {directory} was "
+            f"made with another config ({changes}); trainer.resume=force continues from it "
+            "anyway, trainer.resume=never starts over"
+        )
+
+
+class StopSignals:
+    """Within ``with``: SIGTERM, SIGINT and submitit's SIGUSR2 ask the loop to stop.
+
+    The loop finishes its step, writes a checkpoint, then calls :meth:`forward`, which hands
+    the signal to the handler there was before: submitit's SIGUSR2 handler (SLURM's warning
+    before the time limit, or of preemption) requeues the job and exits, Python's SIGINT
+    handler raises KeyboardInterrupt. With no handler, or one that returns (submitit only
+    logs SIGTERM), the process exits with 128 + the signal's number, as if killed by it.
+    A second signal before then acts at once (a second Ctrl-C). Signals that were ignored
+    stay ignored; the handlers are put back on leaving.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+
+    def __enter__(self) -> StopSignals:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():  # else Python can't handle
+            for signum in self.SIGNALS:
+                previous = signal.getsignal(signum)
+                if previous not in (signal.SIG_IGN, None):  # None: installed outside Python
+                    self._previous[signum] = previous
+                    signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+    def restore(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.received is None:
+            self.received = signum
+            log.warning("%s: stopping after this step", signal.Signals(signum).name)
+        else:
+            self._call_previous(signum, frame)
+
+    def requested(self, at_log_step: bool) -> bool:
+        """Whether to stop after this step. The processes of a multi-process run must stop at
+        the same step (they save together), so they agree at logging steps, which sync anyway."""
+        if jax.process_count() == 1:
+            return self.received is not None
+        if not at_log_step:
+            return False
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.int32(self.received is not None))
+        return bool(np.any(flags))
+
+    def forward(self) -> NoReturn:
+        # Another process of the run may have been the one signalled: act as for SIGTERM.
+        signum = self.received or signal.SIGTERM
+        self._call_previous(signum, None)
+
+    def _call_previous(self, signum: int, frame) -> NoReturn:
+        previous = self._previous.get(signum, signal.SIG_DFL)
+        self.restore()
+        if callable(previous):
+            previous(signum, frame)
+        raise SystemExit(128 + signum)
