@@ -51,7 +51,11 @@ def test_multirun_sweeps_algorithms_and_shots(tmp_path):
     table = markdown(rows)
     assert table.count("\n") == 5 and table.count("| mse |") == 4
 
-    # The report's CSV and figures; a job that failed is listed with its error.
+    # The report's CSV and figures; a job that failed is listed with its error, and a
+    # tracker's copy of result.json (MLflow's artifacts) is not a run.
+    artifacts = tmp_path / "sweep" / "0" / "mlruns" / "1" / "abc" / "artifacts"
+    artifacts.mkdir(parents=True)
+    (artifacts / "result.json").write_text((tmp_path / "sweep" / "0" / "result.json").read_text())
     failed = tmp_path / "sweep" / "4"
     (failed / ".hydra").mkdir(parents=True)
     (failed / ".hydra" / "overrides.yaml").write_text("- algo=maml\n- data.shots=20\n")

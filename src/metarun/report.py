@@ -26,7 +26,9 @@ def _natural(path: Path) -> list:
 def collect(root: Path) -> list[dict]:
     """One dict per run dir under ``root``: ``run``, ``overrides``, ``status`` and, when the
     run finished, its ``result.json``."""
-    run_dirs = {p.parent for p in root.rglob("result.json")}
+    # A run dir holds the config train() saved (a tracker's copy of result.json, such as
+    # MLflow's artifacts, does not) or Hydra's .hydra/ (jobs that failed before training).
+    run_dirs = {p.parent for p in root.rglob("result.json") if (p.parent / "config.yaml").exists()}
     run_dirs |= {p.parent for p in root.rglob(".hydra") if p.is_dir()}
     rows = []
     for run_dir in sorted(run_dirs, key=_natural):
@@ -139,6 +141,8 @@ def plot(rows: list[dict], root: Path, out: Path) -> list[Path]:
         series: dict[str, list[tuple]] = {}
         for r in finished:
             settings = dict(o.partition("=")[::2] for o in r["overrides"].split())
+            if key not in settings:  # a run outside the sweep, e.g. under outputs/
+                continue
             rest = " ".join(f"{k}={settings.get(k, '')}" for k in keys if k != key)
             x = float(settings[key]) if numeric else values.index(settings[key])
             series.setdefault(rest, []).append((x, r["mean"], r["ci95"]))
