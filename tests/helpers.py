@@ -55,3 +55,15 @@ def support_loss(params, e: Episode):
 
 def query_loss(params, e: Episode):
     return OBJECTIVE.loss(tiny_mlp_apply(params, e.query_x), e.query_y)
+
+
+# The black-box learners narrowed for tests that check wiring, not accuracy (shared algorithm
+# tests, load + predict): at the papers' widths each of those tests takes 30-60 s on 2 cores.
+NARROW = {
+    "mann": ["algo.controller=32", "algo.memory_slots=16", "algo.memory_size=8"],
+    "snail": [
+        "algo.attention_keys=[16,16,16]",
+        "algo.attention_values=[8,8,8]",
+        "algo.tc_filters=[16,16]",
+    ],
+}

@@ -6,7 +6,7 @@ import pytest
 
 from metarun.algos import algos, inner_steps, outer_grad
 from metarun.train import build, init_state, make_meta_step, rng_streams
-from tests.helpers import flat, task
+from tests.helpers import NARROW, flat, task
 
 ALGOS = algos.names()
 GRADIENT_BASED = ["anil", "fomaml", "maml", "metasgd", "reptile"]
@@ -28,7 +28,7 @@ def config_for(make_config, request):
         if name in GRADIENT_BASED:
             return make_config(f"algo={name}", *overrides)
         omniglot = request.getfixturevalue("omniglot")
-        return make_config(f"algo={name}", *omniglot, *IMAGES, *overrides)
+        return make_config(f"algo={name}", *omniglot, *IMAGES, *NARROW.get(name, []), *overrides)
 
     return make
 

@@ -11,6 +11,7 @@ from metarun import data
 from metarun.evaluate import episode_keys, make_evaluator
 from metarun.train import train
 from tests.data import fixtures
+from tests.helpers import NARROW
 
 LETTERS = np.array(list("vwxyz"))
 
@@ -99,7 +100,7 @@ def test_a_folder_that_is_not_a_run_is_named(tmp_path):
         metarun.load(tmp_path)
 
 
-CLASSIFIERS = ["protonet", "matchingnet"]
+CLASSIFIERS = ["protonet", "matchingnet", "relationnet", "siamese", "mann", "snail"]
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
@@ -117,6 +118,7 @@ def test_every_classifier_loads_and_reproduces_its_evaluation(
         "trainer.val_every=0",
         "eval.episodes=3",
         "eval.batch=3",
+        *NARROW.get(name, []),
     )
     train(config, tmp_path)
     learner = metarun.load(tmp_path)

@@ -71,6 +71,17 @@ def test_multirun_sweeps_algorithms_and_shots(tmp_path):
     assert figures == ["algo.png", "data.shots.png", "learning_curves.png"]
 
 
+def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
+    proc = run("-m", "data.shots=0,5", *FAST, f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    assert proc.returncode != 0  # Hydra reports the failed job once all jobs have run
+    assert (tmp_path / "sweep/1/result.json").exists()
+    rows = collect(tmp_path / "sweep")
+    assert [r["status"] for r in rows] == [
+        "failed: ConfigError: data.shots=0 is invalid: must be >= 1 support point",
+        "finished",
+    ]
+
+
 def test_unknown_algorithm_lists_the_choices(tmp_path):
     proc = run("algo=mamll", cwd=tmp_path)
     assert proc.returncode != 0

@@ -4,6 +4,7 @@ Every run here is a copy of one short sinusoid run (``RUN``) stopped, cut back o
 in one way, and compared with that run done in one go (the ``reference`` fixture).
 """
 
+import errno
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import metarun.train as train_module
-from metarun.checkpoint import STATE_DIR, Checkpoints, check_resumable
+from metarun.checkpoint import STATE_DIR, Checkpoints, CheckpointWriteError, check_resumable
 from metarun.config import ConfigError, compose, to_dict, validate
 from metarun.train import train
 
@@ -116,6 +117,22 @@ def test_sigterm_stops_the_cli_and_the_same_command_resumes_it(reference, tmp_pa
     assert f"resuming from the checkpoint at step {stopped}" in proc.stdout + proc.stderr
     assert_same(run_dir, reference)
 
+    # A refused config leaves the run dir as it was, its saved config (.hydra/) included:
+    # metarun.cli.Preflight checks before Hydra writes anything.
+    before = tree(run_dir)
+    for override, message in (
+        ("optim.lr=0.002", "trainer.resume=auto is invalid: the checkpoint at step 600"),
+        ("data.shots=0", "data.shots=0 is invalid"),
+    ):
+        proc = subprocess.run([*command, override], cwd=tmp_path, env=env, capture_output=True)
+        assert proc.returncode == 2, proc.stderr
+        assert message in proc.stderr.decode() and b"Traceback" not in proc.stderr
+    assert tree(run_dir) == before
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
 
 def test_sigint_stops_after_the_step_then_resumes_identically(reference, tmp_path, monkeypatch):
     """Stopped between logging steps, after a validation: the checkpoint carries the best
@@ -190,7 +207,7 @@ def test_resume_never_starts_over(reference, tmp_path):
 def test_nan_stop_leaves_the_last_checkpoint_loadable(reference, tmp_path):
     run_dir = copy_of(reference, tmp_path, drop=(600,))
     exploding = config("algo.inner_lr=1e6", "trainer.resume=force")
-    with pytest.raises(FloatingPointError, match="between steps 401 and 450; lower"):
+    with pytest.raises(FloatingPointError, match="at step 401; lower"):
         train(exploding, run_dir)
     with Checkpoints(run_dir, keep=2) as checkpoints:
         assert checkpoints.latest() == 400
@@ -248,3 +265,30 @@ def test_release_frees_the_compiled_programs_of_a_finished_job(reference, tmp_pa
     assert len(get_backend().live_executables()) > before
     release()
     assert len(get_backend().live_executables()) <= before
+
+
+def test_a_full_disk_stops_the_run_and_keeps_the_last_checkpoint(reference, tmp_path, monkeypatch):
+    from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler
+
+    write = handler.JsonCheckpointHandler._save_fn
+    saves = []
+
+    async def full_at_step_400(self, item, directory):
+        saves.append(item)
+        if len(saves) == 2:  # the checkpoint at step 400 (checkpoint_every=200)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return await write(self, item, directory)
+
+    monkeypatch.setattr(handler.JsonCheckpointHandler, "_save_fn", full_at_step_400)
+    run_dir = tmp_path / "run"
+    with pytest.raises(
+        CheckpointWriteError,
+        match=r"^could not write the checkpoint at step 400 in .*: No space left on device; "
+        r"the checkpoint at step 200 is intact, and the same command resumes from it. Free",
+    ):
+        train(config(), run_dir)
+    monkeypatch.undo()
+    with Checkpoints(run_dir, keep=2) as checkpoints:
+        assert checkpoints.latest() == 200
+    train(config(), run_dir)  # resumes from step 200
+    assert_same(run_dir, reference)

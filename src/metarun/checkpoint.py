@@ -14,6 +14,7 @@ complete, so a write cut short is never restored, and the next run removes it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -47,11 +48,16 @@ RESUME_SAFE = (
 )
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (a full disk, a lost mount); earlier ones are intact."""
+
+
 class Checkpoints:
     """The run dir's state checkpoints (an orbax ``CheckpointManager``); close it when done."""
 
     def __init__(self, run_dir: Path, keep: int):
         self.directory = (run_dir / STATE_DIR).absolute()
+        self.writing: int | None = None  # the step of the last save, perhaps still being written
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -74,7 +80,12 @@ class Checkpoints:
         items = {"state": ocp.args.StandardSave(state), "loop": ocp.args.JsonSave(loop)}
         if best_params is not None:
             items["best"] = ocp.args.StandardSave(best_params)
-        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+        # orbax would wait for the previous write at the start of this one anyway; waiting here
+        # first blames a failed background write on its own step.
+        self.wait()
+        self.writing = step
+        with self._written():
+            self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def loop(self, step: int) -> dict[str, Any]:
         """The ``loop`` item of the checkpoint at ``step``."""
@@ -91,11 +102,31 @@ class Checkpoints:
 
     def wait(self) -> None:
         """Until the background writes are done."""
-        self.manager.wait_until_finished()
+        with self._written():
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
         """Wait for the background writes, then release the manager."""
-        self.manager.close()
+        with self._written():
+            self.manager.close()
+
+    @contextlib.contextmanager
+    def _written(self):
+        """An ``OSError`` of a write as a :class:`CheckpointWriteError` that says what is safe.
+
+        orbax writes into a temporary folder and renames it only once complete, so a failed
+        write leaves the newer checkpoints as they were (the next run removes the remains).
+        """
+        try:
+            yield
+        except OSError as err:
+            latest = self.manager.latest_step()
+            kept = f"the checkpoint at step {latest} is intact" if latest else "no checkpoint"
+            raise CheckpointWriteError(
+                f"could not write the checkpoint at step {self.writing} in {self.directory}: "
+                f"{err.strerror or err}; {kept}, and the same command resumes from it. Free "
+                "space there, or lower trainer.keep_checkpoints or trainer.checkpoint_every"
+            ) from err
 
     def __enter__(self) -> Checkpoints:
         return self

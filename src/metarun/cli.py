@@ -12,9 +12,13 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, open_dict
 
 from metarun.config import ConfigError, conf_dir, register_configs, validate
+
+log = logging.getLogger(__name__)
 
 
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
@@ -26,25 +30,67 @@ def _run(cfg: DictConfig) -> float:
     # orbax logs each step of every checkpoint write at INFO (through absl). Here, not in
     # main(): submitit's jobs call this function without main().
     logging.getLogger("absl").setLevel(logging.WARNING)
+    sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         config = validate(cfg)
         check_direction(config, HydraConfig.get().sweeper)  # an optuna sweep's, mse vs accuracy
         distributed.initialize(config.trainer)  # before any computation
         exp = build(config)  # factories check what the schema cannot (e.g. Reptile is first-order)
-    except ConfigError as err:
-        print(f"metarun: invalid config: {err}", file=sys.stderr)
-        sys.exit(2)
-    except FileNotFoundError as err:  # a dataset that is not where data.root says
-        print(f"metarun: missing data: {err}", file=sys.stderr)
-        sys.exit(2)
-    try:
+        # trainer.resume=auto may refuse a checkpoint of another config: a ConfigError too.
         result = train(config, Path(HydraConfig.get().runtime.output_dir), exp)
-    except ConfigError as err:  # trainer.resume=auto refusing a checkpoint of another config
-        print(f"metarun: invalid config: {err}", file=sys.stderr)
-        sys.exit(2)
+    except Exception as err:
+        if sweep:
+            # Into this job's log, where metarun-report finds it; Hydra's launcher records the
+            # exception and goes on with the other jobs, then exits non-zero.
+            log.error("%s: %s", type(err).__name__, err)
+            raise
+        refuse(err)
     finally:
         release()
     return result["mean"]
+
+
+def refuse(err: Exception) -> None:
+    """Exit with one line for the errors a user fixes (a config, a path, a diverging run);
+    anything else is a bug, raised with its traceback."""
+    from metarun.checkpoint import CheckpointWriteError  # imports orbax: not at startup
+
+    if isinstance(err, ConfigError):
+        print(f"metarun: invalid config: {err}", file=sys.stderr)
+        sys.exit(2)
+    if isinstance(err, FileNotFoundError):  # a dataset that is not where data.root says
+        print(f"metarun: missing data: {err}", file=sys.stderr)
+        sys.exit(2)
+    if isinstance(err, FloatingPointError | CheckpointWriteError):  # a diverged run, a full disk
+        print(f"metarun: training stopped: {err}", file=sys.stderr)
+        sys.exit(1)
+    raise err
+
+
+class Preflight(Callback):
+    """Hydra callback: validate a single run before Hydra writes into its run dir.
+
+    Hydra saves ``.hydra/`` (the config and overrides) into the run dir before it calls the
+    task function, so a config refused there would already have overwritten an existing run's
+    saved config. ``on_run_start`` comes first: the schema's checks and a refused resume
+    (``trainer.resume=auto`` on a checkpoint of another config) stop the run here, leaving
+    the run dir untouched. Sweep jobs get fresh dirs and are checked in the task function, where
+    one refused job does not stop the others.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        task = config.copy()  # keeps the schema's type, which masked_copy would drop
+        with open_dict(task):
+            del task["hydra"]
+        try:
+            checked = validate(task)
+            run_dir = Path(str(config.hydra.run.dir))
+            if checked.trainer.resume == "auto" and (run_dir / "checkpoints").is_dir():
+                from metarun.checkpoint import resume_point
+
+                resume_point(run_dir, checked)  # raises if the checkpoint's config differs
+        except ConfigError as err:
+            refuse(err)
 
 
 def release() -> None:

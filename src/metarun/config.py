@@ -75,6 +75,87 @@ class MatchingNetConfig:
 
 
 @dataclass
+class RelationNetConfig:
+    """Relation Networks: a learned module scores each (class, query) pair of feature maps."""
+
+    name: str = "relationnet"
+    filters: int = 64  # channels of the relation module's two 3×3 conv blocks (the paper's 64)
+    hidden: int = 8  # its fully connected layer before the sigmoid output (the paper's 8)
+
+    def __post_init__(self) -> None:
+        _check(self.filters >= 1, "algo.filters", self.filters, "must be >= 1")
+        _check(self.hidden >= 1, "algo.hidden", self.hidden, "must be >= 1")
+
+
+@dataclass
+class SiameseConfig:
+    """Siamese networks: a weighted L1 distance between twin embeddings, trained on pairs."""
+
+    name: str = "siamese"
+
+
+@dataclass
+class MANNConfig:
+    """Memory-Augmented Neural Networks: an LSTM controller with an LRU-written memory."""
+
+    name: str = "mann"
+    controller: int = 200  # LSTM units (the paper's 200)
+    memory_slots: int = 128  # rows of the memory (the paper's 128)
+    memory_size: int = 40  # width of a row, and of a key (the paper's 40)
+    read_heads: int = 4  # n: keys per step, each reading and writing (the paper's 4)
+    gamma: float = 0.95  # γ, the decay of the usage weights (the reimplementations' 0.95)
+    # Two departures from the paper, from the Neural Turing Machine (see algos/mann.py): a
+    # learned key strength β_t, starting here (0 = off, the paper's softmax(cos)), and writing
+    # a vector of its own, a_t = tanh(W_a h_t), rather than the key (false = the paper).
+    key_strength: float = 10.0
+    write_vectors: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("controller", "memory_slots", "memory_size", "read_heads"):
+            _check(getattr(self, key) >= 1, f"algo.{key}", getattr(self, key), "must be >= 1")
+        _check(
+            self.read_heads <= self.memory_slots,
+            "algo.read_heads",
+            self.read_heads,
+            f"must be <= algo.memory_slots={self.memory_slots} (each head writes its own slot)",
+        )
+        _check(0 <= self.gamma <= 1, "algo.gamma", self.gamma, "must be in [0, 1]")
+        _check(self.key_strength >= 0, "algo.key_strength", self.key_strength, "must be >= 0")
+
+
+@dataclass
+class SNAILConfig:
+    """SNAIL: attention and temporal-convolution blocks, interleaved, attention first."""
+
+    name: str = "snail"
+    # Attention block i: keys and queries of attention_keys[i], values of attention_values[i].
+    attention_keys: list[int] = field(default_factory=lambda: [64, 256, 512])
+    attention_values: list[int] = field(default_factory=lambda: [32, 128, 256])
+    # TC block i, after attention block i: ⌈log2 T⌉ dense blocks of tc_filters[i] filters.
+    tc_filters: list[int] = field(default_factory=lambda: [128, 128])
+
+    def __post_init__(self) -> None:
+        keys, values, filters = self.attention_keys, self.attention_values, self.tc_filters
+        _check(
+            len(values) == len(keys),
+            "algo.attention_values",
+            values,
+            f"must have one size per attention block, as algo.attention_keys={keys}",
+        )
+        _check(
+            len(keys) - len(filters) in (0, 1),
+            "algo.tc_filters",
+            filters,
+            f"must have as many blocks as algo.attention_keys={keys}, or one fewer "
+            "(the blocks alternate, attention first)",
+        )
+        _check(bool(keys) or bool(filters), "algo.attention_keys", keys, "needs a block")
+        for key in ("attention_keys", "attention_values", "tc_filters"):
+            sizes = getattr(self, key)
+            _check(all(s >= 1 for s in sizes), f"algo.{key}", sizes, "every size must be >= 1")
+
+
+@dataclass
 class SinusoidConfig:
     """Sinusoid regression, MAML §5.1: y = A sin(x − φ)."""
 
@@ -448,6 +529,10 @@ _SCHEMAS = {
     **{f"algo/{name}": AlgoConfig for name in ("maml", "fomaml", "anil", "metasgd", "reptile")},
     "algo/protonet": ProtoNetConfig,
     "algo/matchingnet": MatchingNetConfig,
+    "algo/relationnet": RelationNetConfig,
+    "algo/siamese": SiameseConfig,
+    "algo/mann": MANNConfig,
+    "algo/snail": SNAILConfig,
     "data/sinusoid": SinusoidConfig,
     "data/omniglot": OmniglotConfig,
     "data/mini_imagenet": MiniImageNetConfig,

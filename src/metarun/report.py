@@ -53,7 +53,9 @@ def _failure(run_dir: Path) -> str:
     for log in sorted(run_dir.glob("*.log")):
         errors = [line for line in log.read_text(errors="replace").splitlines() if "Error" in line]
         if errors:
-            return f"failed: {errors[-1].strip()[-200:]}"
+            # Without the "[time][logger][ERROR] - " that Hydra's job log puts first.
+            error = errors[-1].split("] - ", 1)[-1].strip()
+            return f"failed: {error[-200:]}"
     return "unfinished"
 
 

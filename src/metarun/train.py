@@ -79,7 +79,7 @@ def build(config: Config) -> Experiment:
         raise ConfigError(
             f"data.train_ways={train_ways} is invalid with algo={config.algo.name}: its model "
             f"has a head of data.ways={source.output_dim} outputs; train with data.ways "
-            "classes, or use a metric-based learner (protonet, matchingnet)"
+            "classes, or use a metric-based learner (protonet, matchingnet, relationnet, siamese)"
         )
     optimizer = optim.make(config.optim, config.trainer.steps)
     return Experiment(config, source, model, learner, optimizer, prepare_sec)
@@ -92,11 +92,15 @@ def rng_streams(seed: int) -> tuple[PRNGKey, PRNGKey]:
 
 
 def init_state(exp: Experiment, key: PRNGKey) -> TrainState:
-    model_key, episode_key, learner_key = jax.random.split(key, 3)
-    example = exp.source.samplers["train"](episode_key)
-    params = exp.model.init(model_key, example.support_x)["params"]
-    meta_params = exp.learner.init(params, learner_key, example)
-    return TrainState(jnp.zeros((), jnp.int32), meta_params, exp.optimizer.init(meta_params))
+    def init(key: PRNGKey) -> TrainState:
+        model_key, episode_key, learner_key = jax.random.split(key, 3)
+        example = exp.source.samplers["train"](episode_key)
+        params = exp.model.init(model_key, example.support_x)["params"]
+        meta_params = exp.learner.init(params, learner_key, example)
+        return TrainState(jnp.zeros((), jnp.int32), meta_params, exp.optimizer.init(meta_params))
+
+    # One program: run op by op, the initialisers compile dozens of tiny programs (seconds).
+    return jax.jit(init)(key)
 
 
 # ---------------------------------------------------------- Meta-step ----
@@ -191,23 +195,29 @@ def compile_meta_step(
 # ---------------------------------------------------------- Train loop ----
 
 
-def _fetch(pending: list[dict]) -> tuple[dict[str, float], int]:
+def _fetch(pending: list[dict]) -> tuple[dict[str, float], int, int | None]:
     """Mean of each metric over the steps since the last log: one device->host transfer.
 
-    Returns the means and the number of skipped updates (``trainer.nan_policy=skip``), which
-    the means leave out (NaN if every update was skipped).
+    Returns the means, the number of skipped updates (``trainer.nan_policy=skip``), which the
+    means leave out (NaN if every update was skipped), and the position in ``pending`` of the
+    first step with a non-finite loss or gradient (None if there is none).
     """
     stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *pending))
     applied = ~stacked.pop("skipped", np.zeros(len(pending), bool))
     means = {k: float(np.mean(v[applied])) if applied.any() else np.nan for k, v in stacked.items()}
-    return means, int(len(pending) - applied.sum())
+    finite = np.isfinite(stacked["loss"]) & np.isfinite(stacked["grad_norm"])
+    diverged = None if finite.all() else int(np.argmin(finite))
+    return means, int(len(pending) - applied.sum()), diverged
 
 
-def _check_finite(means: dict[str, float], first: int, last: int) -> None:
-    """``trainer.nan_policy=stop``: raise before anything of a diverged run is logged or saved."""
-    if not (np.isfinite(means["loss"]) and np.isfinite(means["grad_norm"])):
+def _stop_if_diverged(diverged: int | None, first: int) -> None:
+    """``trainer.nan_policy=stop``: raise before anything of a diverged run is logged or saved.
+
+    ``diverged``: what :func:`_fetch` found, counted from step ``first``.
+    """
+    if diverged is not None:
         raise FloatingPointError(
-            f"non-finite meta-training loss or gradient between steps {first} and {last}; lower "
+            f"non-finite meta-training loss or gradient at step {first + diverged}; lower "
             "optim.lr or algo.inner_lr, or skip such updates with trainer.nan_policy=skip"
         )
 
@@ -235,9 +245,6 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
     mesh = task_mesh(trainer.devices, trainer.meta_batch)
     state = replicate(init_state(exp, init_key), mesh)
     train_sampler = replicate(exp.source.samplers["train"], mesh)
-    meta_step, compile_sec = compile_meta_step(exp, state, train_key, train_sampler, mesh)
-    log.info("meta-step compiled in %.1f s for %d device(s)", compile_sec, mesh.size)
-
     val_sampler = replicate(exp.source.samplers["val"], mesh)
     val_eval = make_evaluator(
         exp.learner, objective, inner_steps=algos.eval_steps(config), batch=eval_cfg.batch
@@ -246,6 +253,10 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
     metric = objective.metric
 
     first = resumed[0] if resumed else 0  # the step training starts after
+    meta_step, compile_sec = None, 0.0  # nothing to compile when no step is left to run
+    if first < trainer.steps:
+        meta_step, compile_sec = compile_meta_step(exp, state, train_key, train_sampler, mesh)
+        log.info("meta-step compiled in %.1f s for %d device(s)", compile_sec, mesh.size)
     if lead and "jsonl" in config.logger:  # it appends: drop the records after the checkpoint
         truncate(run_dir / config.logger["jsonl"].filename, first)
     tracker = (
@@ -282,9 +293,9 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
                 pending.append(metrics)
                 bar.update()
                 if step % trainer.log_every == 0 or step == trainer.steps:
-                    means, newly_skipped = _fetch(pending)
+                    means, newly_skipped, diverged = _fetch(pending)
                     if trainer.nan_policy == "stop":
-                        _check_finite(means, step - len(pending) + 1, step)
+                        _stop_if_diverged(diverged, step - len(pending) + 1)
                     record = {"step": step, **means}
                     if trainer.nan_policy == "skip":
                         skipped += newly_skipped
@@ -311,7 +322,7 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
                 periodic = trainer.checkpoint_every and step % trainer.checkpoint_every == 0
                 if stopping or periodic or step == trainer.steps:
                     if pending and trainer.nan_policy == "stop":  # stopped between two logs
-                        _check_finite(_fetch(pending)[0], step - len(pending) + 1, step)
+                        _stop_if_diverged(_fetch(pending)[2], step - len(pending) + 1)
                     loop = {
                         "config": to_dict(config),  # what resume=auto compares with
                         "best_step": best.step,

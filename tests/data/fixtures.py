@@ -28,6 +28,12 @@ def block_network(monkeypatch) -> None:
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def omniglot_zip(
     root: Path, top: str, alphabets: list[str], characters: int = 2, drawers: int = 20, seed=0
 ) -> Path:
@@ -41,11 +47,21 @@ def omniglot_zip(
         for a, alphabet in enumerate(alphabets):
             for c in range(1, characters + 1):
                 for d in range(1, drawers + 1):
-                    buffer = io.BytesIO()
-                    Image.fromarray(rng.random((105, 105)) > 0.1).save(buffer, format="PNG")
                     name = f"{top}/{alphabet}/character{c:02d}/{a * 100 + c:04d}_{d:02d}.png"
-                    archive.writestr(name, buffer.getvalue())
+                    archive.writestr(name, png(rng.random((105, 105)) > 0.1))
     return path
+
+
+def edit_zip(path: Path, changes: dict[str, bytes | None]) -> None:
+    """Rewrites the archive with each named member replaced by its bytes (added if new), or
+    removed if None: how the tests damage an otherwise well-formed archive."""
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    members.update(changes)
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            if data is not None:
+                archive.writestr(name, data)
 
 
 def wnid(i: int) -> str:

@@ -102,6 +102,50 @@ def test_pickle_of_the_wrong_shape_is_refused(tmp_path):
         load_pickle(path)
 
 
+def _pickle_root(root, sizes=None):
+    """The pickle distribution of black images, ``PER_CLASS`` per class but as ``sizes`` says."""
+    sizes = sizes or {}
+    for split in CLASSES:
+        images = {
+            label: np.zeros((sizes.get(label, PER_CLASS), 84, 84, 3), np.uint8)
+            for label in _labels(split)
+        }
+        fixtures.mini_imagenet_pickle(root, split, images)
+    return root
+
+
+def test_truncated_pickle_names_the_file_and_the_fix(tmp_path):
+    path = _pickle_root(tmp_path / "root") / "mini-imagenet-cache-train.pkl"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match="mini-imagenet-cache-train.pkl is truncated or corrupt"):
+        load_pickle(path)
+    with pytest.raises(ValueError, match="replace it with a fresh, complete download") as error:
+        load_mini_imagenet(tmp_path / "root", "train", cache_dir=tmp_path / "cache")
+    assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize("count", [0, PER_CLASS - 1], ids=["empty", "short"])
+def test_pickle_class_with_too_few_images_is_named(tmp_path, count):
+    label = _labels("val")[0]
+    root = _pickle_root(tmp_path / "root", {label: count})
+    with pytest.raises(
+        ValueError,
+        match=rf"mini-imagenet-cache-val.pkl: class {label} has {count} images but the largest "
+        rf"class has {PER_CLASS}; every class must have as many \(600 in the official files\)",
+    ):
+        load_mini_imagenet(root, "val", cache_dir=tmp_path / "cache")
+
+
+def test_csv_class_with_too_few_images_is_named(tmp_path):
+    _csv_root(tmp_path)
+    listed = tmp_path / "test.csv"
+    rows = listed.read_text().splitlines()
+    label = rows[-1].split(",")[1]  # rows cycle through the classes: this one loses an image
+    listed.write_text("\n".join(rows[:-1]) + "\n")
+    with pytest.raises(ValueError, match=rf"test.csv: class {label} has {PER_CLASS - 1} images"):
+        load_mini_imagenet(tmp_path, "test", cache_dir=tmp_path / "cache")
+
+
 def test_missing_split_names_the_files(tmp_path):
     root = tmp_path / "root"
     fixtures.mini_imagenet_csv(root, "train", [fixtures.wnid(0)], 1)

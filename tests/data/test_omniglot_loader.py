@@ -2,6 +2,8 @@
 
 import io
 import logging
+import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from metarun.config import ConfigError
 from metarun.data import arrays
 from metarun.data.omniglot_tfds import load_omniglot
 
@@ -128,6 +131,58 @@ def test_truncated_archive_is_named(full_root, tmp_path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(ValueError, match="images_background.zip is not a readable"):
         load_omniglot(full_root, ("background",), cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"images_background/Alpha/character02/0102_20.png": None},
+            "character Alpha/character02 has 19 drawings, but every Omniglot character has 20",
+        ),
+        (  # a folder entry with no drawings, as the official archives list every folder
+            {"images_background/Alpha/character03/": b""},
+            "character Alpha/character03 has 0 drawings",
+        ),
+        (
+            {
+                "images_background/Alpha/character01/0101_01.png": fixtures.png(
+                    np.ones((50, 50)) > 0
+                )
+            },
+            "images_background/Alpha/character01/0101_01.png is 50x50 pixels, but every "
+            "Omniglot drawing is 105x105",
+        ),
+    ],
+    ids=["missing_drawing", "empty_character", "small_drawing"],
+)
+def test_damaged_archive_names_the_member_and_the_fix(full_root, tmp_path, change, message):
+    path = full_root / "images_background.zip"
+    fixtures.edit_zip(path, change)
+    with pytest.raises(ValueError, match=message) as error:
+        load_omniglot(full_root, ("background",), cache_dir=tmp_path)
+    assert f"{path}: " in str(error.value) and "replace it with a fresh copy" in str(error.value)
+    # Nothing of the damaged archive was kept: a fresh copy is read, not the old records.
+    fixtures.omniglot_zip(full_root, "images_background", ["Bravo", "Alpha", "Charlie"], seed=1)
+    assert load_omniglot(full_root, ("background",), cache_dir=tmp_path)["images"].shape[0] == 6
+
+
+@pytest.mark.parametrize("place", ["under_a_file", "read_only"])
+def test_unwritable_cache_dir_names_it_and_the_fix(full_root, tmp_path, place):
+    if place == "under_a_file":  # fails for root too
+        (tmp_path / "file").write_text("")
+        cache = tmp_path / "file" / "cache"
+    else:
+        cache = tmp_path / "cache"
+        cache.mkdir()
+        cache.chmod(0o500)
+        if os.access(cache, os.W_OK):
+            pytest.skip("permissions do not stop this user (root) from writing")
+    expected = rf"cannot write to {re.escape(str(cache))}\b.*set data\.cache_dir to a writable"
+    with pytest.raises(ConfigError, match=expected):
+        load_omniglot(full_root, ("background",), cache_dir=cache)
+    with pytest.raises(ConfigError, match="set data.cache_dir to a writable folder"):
+        arrays.save_cached(arrays.cache_path(cache, "any"), {"x": np.zeros(1)})
 
 
 def test_unknown_archive_lists_known_ones(tmp_path):

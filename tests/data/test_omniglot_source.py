@@ -9,6 +9,7 @@ from PIL import Image
 
 from metarun.config import ConfigError, compose, validate
 from metarun.data import omniglot
+from metarun.data.arrays import PIXEL_SCALE
 from metarun.data.omniglot_tfds import load_omniglot
 
 from . import fixtures
@@ -172,7 +173,8 @@ def test_the_spec_preprocesses_a_raw_drawing_exactly_as_the_training_data(minima
         raw = np.stack([np.asarray(Image.open(archive.open(n))) for n in names[:3]])
     spec = omniglot.spec(data_config())
     assert spec.input_shape == (28, 28, 1) and spec.output_dim == 5
-    np.testing.assert_array_equal(spec.preprocess(raw), loaded["images"][row, :3] / np.float32(255))
+    # Bit for bit what the on-device sampler makes of the cached images (data/episodes.py).
+    np.testing.assert_array_equal(spec.preprocess(raw), loaded["images"][row, :3] * PIXEL_SCALE)
 
 
 def test_the_spec_accepts_rgb_and_float_images():

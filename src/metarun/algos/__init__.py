@@ -10,7 +10,18 @@ from metarun.registry import Registry
 
 algos = Registry("algo")
 
-from metarun.algos import anil, maml, matchingnet, metasgd, protonet, reptile  # noqa: E402,F401  (register)
+from metarun.algos import (  # noqa: E402,F401  (register)
+    anil,
+    maml,
+    mann,
+    matchingnet,
+    metasgd,
+    protonet,
+    relationnet,
+    reptile,
+    siamese,
+    snail,
+)
 from metarun.algos.base import MetaLearner, outer_grad, outer_loss  # noqa: E402
 
 

@@ -18,11 +18,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from metarun.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 # Bump when the preparation of any cached array changes, so old caches are not reused.
 CACHE_FORMAT = 1
 _CHECKSUM_KEY = "__sha256__"
+
+
+# uint8 -> [0, 1] is a multiply by this float32, here and in the on-device sampler, so that a
+# user's images reach the model bit for bit as the evaluation's did (XLA compiles x / 255 as a
+# multiply by the reciprocal, which differs from numpy's division in the last bit; the sequence
+# learners order a support set by the exact bits of its images, algos/mann.py set_order).
+PIXEL_SCALE = np.float32(1 / 255)
 
 
 def default_cache_dir() -> Path:
@@ -48,9 +57,30 @@ def _checksum(arrays: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
+def ensure_writable(folder: Path) -> None:
+    """Creates ``folder`` if needed and checks that a file can be written in it.
+
+    Loaders call this before preparing a dataset, so an unusable ``data.cache_dir`` fails at
+    once with the fix, not minutes later with a ``PermissionError`` from inside TFDS.
+
+    Raises:
+      ConfigError: the folder cannot be created (say, a path under a regular file) or is not
+        writable (read-only folder or file system).
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ConfigError(
+            f"data.cache_dir is invalid: cannot write to {folder} ({e}); "
+            "set data.cache_dir to a writable folder"
+        ) from None
+
+
 def save_cached(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Writes ``arrays`` and their checksum; atomically, so a crash leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_writable(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -122,4 +152,4 @@ def prepare_images(images, size: int, channels: int, invert: bool) -> np.ndarray
             x = np.round(x @ np.array([0.299, 0.587, 0.114])[:, None]).astype(np.uint8)
     if invert:
         x = 255 - x
-    return np.stack([resize(image, size) for image in x]).astype(np.float32) / 255.0
+    return np.stack([resize(image, size) for image in x]).astype(np.float32) * PIXEL_SCALE

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from metarun.config import ConfigError
+from metarun.data import arrays
 from metarun.types import CLASSIFICATION, DataSpec, Episode, PRNGKey, TaskSource
 
 
@@ -97,7 +98,7 @@ def sample_episode(
         x = jax.vmap(_rotate)(turn, images[cls[:, None], picked])
     else:
         x = images[chosen[:, None], picked]
-    x = x.astype(jnp.float32) / 255.0  # [ways, shots + queries, H, W, C]
+    x = x.astype(jnp.float32) * arrays.PIXEL_SCALE  # [ways, shots + queries, H, W, C]
 
     labels = jnp.arange(ways, dtype=jnp.int32)
     image_shape = (height, width, channels)

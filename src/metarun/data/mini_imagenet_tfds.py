@@ -20,7 +20,7 @@ import csv
 import functools
 import os
 import pickle
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -55,10 +55,14 @@ _SAFE_GLOBALS = {
 }
 
 
+class _Refused(pickle.UnpicklingError):
+    """The pickle names a global outside ``_SAFE_GLOBALS``; told apart from a damaged file."""
+
+
 class _ArrayUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) not in _SAFE_GLOBALS:
-            raise pickle.UnpicklingError(
+            raise _Refused(
                 f"refusing to load {module}.{name}: a mini-ImageNet pickle holds only numpy "
                 "arrays, dicts, lists, str and int, so this file is not one (or is malicious)"
             )
@@ -71,14 +75,22 @@ def load_pickle(path: str | os.PathLike) -> dict:
     Raises:
       pickle.UnpicklingError: the file names anything but the numpy functions above; nothing
         it names is called.
-      ValueError: the file holds something other than the expected dict.
+      ValueError: the file is truncated or corrupt, or holds something other than the
+        expected dict.
     """
     with open(path, "rb") as f:
         try:
             # latin1: how numpy arrays pickled by Python 2 decode (numpy's own advice).
             data = _ArrayUnpickler(f, encoding="latin1").load()
-        except pickle.UnpicklingError as e:
-            raise pickle.UnpicklingError(f"{path}: {e}") from None
+        except _Refused as e:
+            raise _Refused(f"{path}: {e}") from None
+        # A damaged pickle can fail in almost any way: EOFError when truncated, and, as the
+        # pickle docs warn, UnpicklingError, AttributeError, IndexError and others.
+        except Exception as e:
+            raise ValueError(
+                f"{path} is truncated or corrupt ({type(e).__name__}: {e}); replace it with a "
+                "fresh, complete download.\n" + INSTRUCTIONS
+            ) from e
     images = data.get("image_data") if isinstance(data, dict) else None
     classes = data.get("class_dict") if isinstance(data, dict) else None
     if not (
@@ -96,8 +108,26 @@ def load_pickle(path: str | os.PathLike) -> dict:
     return data
 
 
+def _check_class_sizes(path: Path, sizes: dict[str, int]) -> None:
+    """Every class must hold as many images as the largest one (600 in the official files).
+
+    Checked while TFDS prepares, not after: a prepared dataset is kept, so a damaged file found
+    later would stay in use even once replaced.
+    """
+    most = max(sizes.values(), default=0)
+    short = sorted((n, label) for label, n in sizes.items() if n < most)
+    if short:
+        count, label = short[0]
+        raise ValueError(
+            f"{path}: class {label} has {count} images but the largest class has {most}; every "
+            "class must have as many (600 in the official files), so the file is damaged or not "
+            "Ravi & Larochelle's split: replace it with a fresh download.\n" + INSTRUCTIONS
+        )
+
+
 def _pickle_examples(path: Path):
     data = load_pickle(path)
+    _check_class_sizes(path, {label: len(rows) for label, rows in data["class_dict"].items()})
     for label, rows in data["class_dict"].items():
         for index, row in enumerate(rows):
             image = arrays.resize(data["image_data"][int(row)], IMAGE_SIZE)
@@ -109,6 +139,7 @@ def _csv_examples(path: Path, image_dir: Path):
         rows = list(csv.reader(f))
     if not rows or rows[0] != ["filename", "label"]:
         raise ValueError(f"{path}: expected the header 'filename,label', got {rows[:1]}")
+    _check_class_sizes(path, Counter(label for _, label in rows[1:]))
     counts = defaultdict(int)
     for filename, label in rows[1:]:
         index = counts[label]
@@ -192,10 +223,7 @@ def _prepare(root, split: str, data_dir: Path) -> dict[str, np.ndarray]:
     by_class = defaultdict(dict)  # wnid -> {index within class: image}
     for example in builder.as_data_source(split=split):  # TFDS returns Text as bytes
         by_class[example["label"].decode()][int(example["index"])] = example["image"]
-    classes = sorted(by_class)
-    counts = {c: len(by_class[c]) for c in classes}
-    if len(set(counts.values())) != 1:
-        raise ValueError(f"mini-ImageNet {split}: classes have different sizes: {counts}")
+    classes = sorted(by_class)  # all of one size: the example generators checked them
     images = np.stack([[by_class[c][i] for i in sorted(by_class[c])] for c in classes])
     return {"images": images, "classes": np.array(classes)}
 
@@ -218,6 +246,11 @@ def load_mini_imagenet(
       dict with ``images``: ``uint8 [classes, 600, 84, 84, 3]``, RGB in 0..255 (images of
       another size resized with Lanczos); ``classes``: the WordNet ids, sorted, one per row.
       Within a class, images keep their order in the CSV or in the pickle's ``class_dict``.
+
+    Raises:
+      ValueError: a file is truncated or corrupt, or one class (an empty one included) has
+        fewer images than the others; the message names the file and the class.
+      ConfigError: ``cache_dir`` cannot be written, when a split must be prepared.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown mini-ImageNet split {split!r}; known: {list(SPLITS)}")
@@ -225,6 +258,7 @@ def load_mini_imagenet(
     path = arrays.cache_path(data_dir, f"mini_imagenet-{split}")
     loaded = arrays.load_cached(path)
     if loaded is None:
+        arrays.ensure_writable(data_dir)
         loaded = _prepare(root, split, data_dir)
         arrays.save_cached(path, loaded)
     return {"images": loaded["images"], "classes": loaded["classes"].tolist()}

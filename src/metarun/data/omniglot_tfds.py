@@ -17,7 +17,7 @@ import io
 import os
 import zipfile
 import zlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import NamedTuple
 
@@ -66,6 +66,37 @@ images_background_small1.zip and images_background_small2.zip, all from {URL}
 Or pass download=True to fetch them from there, checksums verified."""
 
 
+# What every drawing in the official archives is: a different size or count means a damaged
+# archive or another dataset, refused rather than resized or silently dropped.
+DRAWING_SIZE = 105
+DRAWINGS_PER_CHARACTER = 20
+
+
+def _damaged(path: os.PathLike, fault: str) -> ValueError:
+    return ValueError(
+        f"{path}: {fault}; the archive is damaged or not an official one: replace it with a "
+        "fresh copy.\n" + INSTRUCTIONS
+    )
+
+
+def _check_drawing_counts(path: os.PathLike, members: list[str]) -> None:
+    """Every character folder, empty ones included, must hold 20 PNGs."""
+    drawings = Counter()
+    for member in members:
+        parts = member.split("/")
+        if len(parts) == 4:  # <top>/<Alphabet>/<characterNN>/<file>, or "" for the folder entry
+            drawings["/".join(parts[1:3])] += parts[3].endswith(".png")
+    wrong = sorted((c, n) for c, n in drawings.items() if n != DRAWINGS_PER_CHARACTER)
+    if wrong:
+        character, count = wrong[0]
+        more = f" ({len(wrong) - 1} other characters too)" if len(wrong) > 1 else ""
+        raise _damaged(
+            path,
+            f"character {character} has {count} drawings{more}, but every Omniglot character "
+            f"has {DRAWINGS_PER_CHARACTER}",
+        )
+
+
 def _read_examples(path: os.PathLike):
     """``(key, example)`` for every ``<top>/<Alphabet>/<characterNN>/<id>_<drawer>.png``.
 
@@ -77,15 +108,26 @@ def _read_examples(path: os.PathLike):
     """
     try:
         with zipfile.ZipFile(path) as archive:
-            for member in sorted(archive.namelist()):
+            members = sorted(archive.namelist())
+            # Checked while TFDS prepares, not after: a prepared dataset is kept, so a damaged
+            # archive found later would stay in use even once replaced.
+            _check_drawing_counts(path, members)
+            for member in members:
                 parts = member.split("/")
                 if len(parts) != 4 or not parts[3].endswith(".png"):
                     continue  # folder entries
                 _, alphabet, character, filename = parts
+                image = Image.open(io.BytesIO(archive.read(member)))
+                if image.size != (DRAWING_SIZE, DRAWING_SIZE):
+                    raise _damaged(
+                        path,
+                        f"{member} is {image.width}x{image.height} pixels, but every Omniglot "
+                        f"drawing is {DRAWING_SIZE}x{DRAWING_SIZE}",
+                    )
                 yield (
                     member,
                     {
-                        "image": Image.open(io.BytesIO(archive.read(member))).convert("L"),
+                        "image": image.convert("L"),
                         "alphabet": alphabet,
                         "character": character,
                         "drawer": int(filename[: -len(".png")].split("_")[1]),
@@ -145,7 +187,7 @@ def builder_class():
                 description="Omniglot handwritten characters; image: 0 = stroke, 255 = paper.",
                 features=tfds.features.FeaturesDict(
                     {
-                        "image": tfds.features.Image(shape=(105, 105, 1)),
+                        "image": tfds.features.Image(shape=(DRAWING_SIZE, DRAWING_SIZE, 1)),
                         "alphabet": tfds.features.Text(),
                         "character": tfds.features.Text(),  # "character01", within its alphabet
                         "drawer": tfds.features.Scalar(np.int32),  # 1..20
@@ -182,10 +224,7 @@ def _prepare(root, name: str, image_size: int, data_dir: Path, download: bool):
     for example in builder.as_data_source(split="train"):  # TFDS returns Text as bytes
         character = f"{example['alphabet'].decode()}/{example['character'].decode()}"
         drawings[character][int(example["drawer"])] = example["image"]
-    characters = sorted(drawings)
-    counts = {c: len(drawings[c]) for c in characters}
-    if len(set(counts.values())) != 1:
-        raise ValueError(f"{name}: characters have different numbers of drawings: {counts}")
+    characters = sorted(drawings)  # each with 20 drawings: _read_examples checked them
     # Ink is 255: strokes (0 in the archive) become the bright pixels a network sees as 1.
     images = np.stack(
         [
@@ -225,6 +264,11 @@ def load_omniglot(
       ``"Alphabet/characterNN"`` per row, sorted; ``alphabets``: the alphabet of each row;
       ``archives``: the first archive in ``archives`` that holds it. Drawers are in order 1..20.
       A character in several archives (Greek and Latin are in both minimal ones) appears once.
+
+    Raises:
+      ValueError: an archive is unreadable or damaged (a character without 20 drawings, a
+        drawing not 105x105); the message names the archive and the member.
+      ConfigError: ``cache_dir`` cannot be written, when an archive must be prepared.
     """
     archives = (archives,) if isinstance(archives, str) else tuple(archives)
     unknown = set(archives) - set(ARCHIVES)
@@ -238,6 +282,7 @@ def load_omniglot(
         path = arrays.cache_path(data_dir, f"omniglot-{name}-{image_size}px")
         loaded = arrays.load_cached(path)
         if loaded is None:
+            arrays.ensure_writable(data_dir)
             loaded = _prepare(root, name, image_size, data_dir, download)
             arrays.save_cached(path, loaded)
         for character, images in zip(loaded["characters"].tolist(), loaded["images"], strict=True):
