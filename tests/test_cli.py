@@ -102,6 +102,15 @@ def test_bad_value_exits_2_naming_the_key(tmp_path):
         assert "Traceback" not in proc.stderr
 
 
+def test_a_misspelt_key_is_named_with_the_closest_one(tmp_path):
+    proc = run("algo=protonet", "algo.distanse=cosine", "data.shotz=5", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "Key 'distanse' not in 'ProtoNetConfig'" in proc.stderr  # Hydra's message
+    assert "metarun: unknown key algo.distanse; did you mean algo.distance?" in proc.stderr
+    assert "metarun: unknown key data.shotz; did you mean data.shots?" in proc.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_cfg_job_prints_the_composed_config(tmp_path):
     proc = run("--cfg", "job", "algo=anil", cwd=tmp_path)
     assert proc.returncode == 0

@@ -113,7 +113,38 @@ def main() -> None:
     # JAX logs at INFO that it found no TPU; Hydra's job logging would print it on every run.
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     register_configs()
-    _run()
+    try:
+        _run()
+    except SystemExit as stop:
+        if stop.code == 1:  # Hydra could not compose the config, perhaps for a misspelt key
+            suggest_keys(sys.argv[1:])
+        raise
+
+
+def suggest_keys(args: list[str]) -> None:
+    """After Hydra's "Key 'inner_lrr' is not in struct": the closest key that exists.
+
+    Hydra names the unknown key but not the one meant; the keys are those of the config
+    composed with the command line's group choices (``algo=protonet`` has other keys).
+    """
+    from difflib import get_close_matches
+
+    from omegaconf import OmegaConf
+
+    from metarun.config import compose
+    from metarun.logger import flatten
+
+    overrides = [a.split("=", 1) for a in args if "=" in a and a[0] not in "-+~"]
+    choices = [f"{k}={v}" for k, v in overrides if "." not in k and k != "hydra"]
+    try:
+        known = list(flatten(OmegaConf.to_container(compose(choices))))
+    except Exception:  # the choices themselves are wrong: Hydra's message has said so
+        return
+    for key, _ in overrides:
+        if "." in key and not key.startswith("hydra.") and key not in known:
+            close = get_close_matches(key, known, n=1)
+            if close:
+                print(f"metarun: unknown key {key}; did you mean {close[0]}?", file=sys.stderr)
 
 
 if __name__ == "__main__":
