@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test test-all lint bench clean
 
 $(BIN)/metarun: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,11 @@ install: $(BIN)/metarun
 run: install
 	$(BIN)/metarun $(ARGS)
 
+# The learning tests of the other metric and black-box learners add ~5 minutes: test-all.
 test: install
+	$(BIN)/python -m pytest -q -m "not extended" $(PYTEST_ARGS)
+
+test-all: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: install

@@ -67,6 +67,7 @@ def test_protonet_learns_omniglot_from_wider_training_episodes(make_config, omni
     assert result["mean"] >= 0.80, result
 
 
+@pytest.mark.extended
 def test_matchingnet_learns_omniglot(make_config, omniglot, tmp_path):
     config = make_config(
         "algo=matchingnet",
@@ -86,6 +87,7 @@ def test_matchingnet_learns_omniglot(make_config, omniglot, tmp_path):
 # 20-way step is 7.3 GFLOP, about 0.25 s there.
 
 
+@pytest.mark.extended
 def test_relationnet_learns_omniglot(make_config, omniglot, tmp_path):
     """The paper's training episodes, 5-way 1-shot with 19 queries per class (6.4 GFLOP a step:
     200 steps are about 43 s at 30 GFLOP/s), Adam 1e-3 and norm clipping from the preset."""
@@ -105,6 +107,7 @@ def test_relationnet_learns_omniglot(make_config, omniglot, tmp_path):
     assert result["mean"] >= 0.67, result
 
 
+@pytest.mark.extended
 def test_siamese_learns_omniglot(make_config, omniglot, tmp_path):
     """Pairs from 20-way training episodes with 5 queries per class (7.3 GFLOP a step: 160 steps
     are about 39 s at 30 GFLOP/s); 5-way one-shot test by the most similar support image."""
@@ -123,6 +126,7 @@ def test_siamese_learns_omniglot(make_config, omniglot, tmp_path):
 # (ProtoNet: 90% after 100 steps). Both train on 5-way 1-shot and test on minimal2's alphabets.
 
 
+@pytest.mark.extended
 def test_mann_learns_omniglot_from_the_papers_pixels(make_config, omniglot, tmp_path):
     """The paper's input and sequences: 20×20 pixels flattened (an MLP without hidden layers),
     5 classes × 10 presentations per sequence, 16 sequences per update; Adam at 3e-3."""
@@ -151,6 +155,7 @@ def test_mann_learns_omniglot_from_the_papers_pixels(make_config, omniglot, tmp_
     assert result["mean"] >= 0.35, result
 
 
+@pytest.mark.extended
 def test_snail_learns_omniglot(make_config, omniglot, tmp_path):
     """Conv-4 with 32 filters (a quarter of the 64-filter FLOPs: with 64, no take-off in 120 steps,
     4 minutes here), 2 training queries per class, 16 episodes per update, Adam 1e-3."""
