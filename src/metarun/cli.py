@@ -79,11 +79,8 @@ class Preflight(Callback):
     """
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        task = config.copy()  # keeps the schema's type, which masked_copy would drop
-        with open_dict(task):
-            del task["hydra"]
         try:
-            checked = validate(task)
+            checked = validate(_task(config))
             run_dir = Path(str(config.hydra.run.dir))
             if checked.trainer.resume == "auto" and (run_dir / "checkpoints").is_dir():
                 from metarun.checkpoint import resume_point
@@ -91,6 +88,28 @@ class Preflight(Callback):
                 resume_point(run_dir, checked)  # raises if the checkpoint's config differs
         except ConfigError as err:
             refuse(err)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        """A sweep's own settings are checked once, before any job: a wrong direction would
+        make every trial fail (Optuna goes on through all of them)."""
+        from metarun.sweep import check_direction
+
+        try:
+            checked = validate(_task(config))
+        except ConfigError:  # the base config; each job checks its own values
+            return
+        try:
+            check_direction(checked, config.hydra.sweeper)
+        except ConfigError as err:
+            refuse(err)
+
+
+def _task(config: DictConfig) -> DictConfig:
+    """The run's config without Hydra's node, still typed by the schema (masked_copy is not)."""
+    task = config.copy()
+    with open_dict(task):
+        del task["hydra"]
+    return task
 
 
 def release() -> None:
