@@ -48,15 +48,13 @@ def raw_omniglot(x: np.ndarray) -> np.ndarray:
     return 255 - np.round(x * 255).astype(np.uint8)[..., 0]
 
 
-def test_predict_on_raw_images_reproduces_the_evaluation(omniglot_run):
-    learner = metarun.load(omniglot_run)
+def predicted_and_reported(learner, inner_steps: int) -> tuple[list[float], np.ndarray]:
+    """Accuracy of ``learner.predict`` on each of the run's meta-test episodes, and the
+    evaluator's: predict must reproduce result.json, episode by episode."""
     source = data.make(learner.config.data)
-    # The meta-test's own episodes: predict must reproduce result.json, episode by episode.
     keys = episode_keys(learner.config.eval.seed, "test", learner.config.eval.episodes)
-    steps = learner.config.eval.inner_steps
-    evaluator = make_evaluator(learner._learner, source.objective, inner_steps=steps, batch=3)
+    evaluator = make_evaluator(learner._learner, source.objective, inner_steps=inner_steps, batch=3)
     reported = np.asarray(evaluator(learner.meta_params, source.samplers["test"], keys)["accuracy"])
-
     ours = []
     for key in keys:
         episode = jax.device_get(source.samplers["test"](key))
@@ -68,6 +66,12 @@ def test_predict_on_raw_images_reproduces_the_evaluation(omniglot_run):
         )
         assert predicted.dtype == LETTERS.dtype
         ours.append(np.mean(predicted == LETTERS[episode.query_y]))
+    return ours, reported
+
+
+def test_predict_on_raw_images_reproduces_the_evaluation(omniglot_run):
+    learner = metarun.load(omniglot_run)
+    ours, reported = predicted_and_reported(learner, learner.config.eval.inner_steps)
     np.testing.assert_allclose(ours, reported, atol=1e-6)
     result = json.loads((omniglot_run / "result.json").read_text())
     assert np.mean(ours) == pytest.approx(result["mean"], abs=1e-6)
@@ -122,17 +126,5 @@ def test_every_classifier_loads_and_reproduces_its_evaluation(
     )
     train(config, tmp_path)
     learner = metarun.load(tmp_path)
-    source = data.make(learner.config.data)
-    keys = episode_keys(config.eval.seed, "test", 3)
-    evaluator = make_evaluator(learner._learner, source.objective, inner_steps=0, batch=3)
-    reported = np.asarray(evaluator(learner.meta_params, source.samplers["test"], keys)["accuracy"])
-    ours = []
-    for key in keys:
-        episode = jax.device_get(source.samplers["test"](key))
-        predicted = learner.predict(
-            raw_omniglot(episode.support_x),
-            LETTERS[episode.support_y],
-            raw_omniglot(episode.query_x),
-        )
-        ours.append(np.mean(predicted == LETTERS[episode.query_y]))
+    ours, reported = predicted_and_reported(learner, inner_steps=0)
     np.testing.assert_allclose(ours, reported, atol=1e-6)
