@@ -83,6 +83,12 @@ def test_reptile_must_be_first_order():
         build(validate(compose(["algo=reptile", "algo.first_order=false"])))
 
 
+@pytest.mark.parametrize("algo", ["fomaml", "reptile"])
+def test_remat_of_a_first_order_loop_is_refused(algo):
+    with pytest.raises(ConfigError, match="algo.remat=True is invalid: recomputes the second"):
+        validate(compose([f"algo={algo}", "algo.remat=true"]))
+
+
 def test_unknown_choice_lists_the_valid_ones():
     with pytest.raises(MissingConfigException) as err:
         compose(["algo=mamll"])

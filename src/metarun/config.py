@@ -40,10 +40,18 @@ class AlgoConfig:
     inner_lr: float = 0.01  # α in θ' = θ − α ∇θ L_support(θ); Meta-SGD's initial value
     inner_steps: int = 1  # inner-loop steps during meta-training (0 = no adaptation)
     first_order: bool = False  # drop second-order terms (stop_gradient on inner gradients)
+    remat: bool = False  # recompute each inner step on the backward pass (jax.checkpoint)
 
     def __post_init__(self) -> None:
         _check(self.inner_lr > 0, "algo.inner_lr", self.inner_lr, "must be > 0, e.g. 0.01")
         _check(self.inner_steps >= 0, "algo.inner_steps", self.inner_steps, "must be >= 0")
+        _check(
+            not (self.remat and self.first_order),
+            "algo.remat",
+            self.remat,
+            "recomputes the second-order inner loop; a first-order one (algo.first_order=true, "
+            "fomaml, reptile) keeps nothing to recompute",
+        )
 
 
 PROTONET_DISTANCES = ("euclidean", "cosine")
@@ -294,7 +302,7 @@ class Conv4Config:
     name: str = "conv4"
     filters: int = 64  # 64 on Omniglot, 32 on mini-ImageNet (MAML)
     strided: bool = False  # MAML's Omniglot variant: stride-2 convolutions, no max-pool
-    conv: str = "auto"  # auto: im2col on CPU, XLA's convolution on GPU/TPU (same result)
+    conv: str = "auto"  # auto: im2col on CPU/GPU, XLA's convolution on TPU (same result)
 
     def __post_init__(self) -> None:
         _check(self.filters >= 1, "model.filters", self.filters, "must be >= 1")
@@ -307,7 +315,7 @@ class ResNet12Config:
 
     name: str = "resnet12"
     channels: list[int] = field(default_factory=lambda: [64, 160, 320, 640])  # MetaOptNet
-    conv: str = "auto"  # auto: im2col on CPU, XLA's convolution on GPU/TPU (same result)
+    conv: str = "auto"  # auto: im2col on CPU/GPU, XLA's convolution on TPU (same result)
 
     def __post_init__(self) -> None:
         _check(

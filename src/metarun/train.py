@@ -152,7 +152,7 @@ def make_meta_step(exp: Experiment, mesh: Mesh | None = None):
             keys = jax.lax.with_sharding_constraint(keys, NamedSharding(mesh, P("tasks")))
         episodes = jax.vmap(sample)(keys)
         grads, metrics = outer_grad(
-            exp.learner, exp.source.objective, state.meta_params, episodes, inner_steps
+            exp.learner, exp.source.objective, state.meta_params, episodes, inner_steps, state.step
         )
         updates, opt_state = exp.optimizer.update(grads, state.opt_state, state.meta_params)
         meta_params = optax.apply_updates(state.meta_params, updates)

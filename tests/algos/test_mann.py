@@ -142,7 +142,7 @@ def tiny_mann():
 def test_meta_gradient_is_finite_from_an_empty_memory_and_reports_each_instance():
     learner, meta = tiny_mann()
     batch = jax.tree.map(lambda *xs: jnp.stack(xs), episode(1), episode(2))
-    grads, metrics = jax.jit(learner.outer_grad, static_argnums=2)(meta, batch, 0)
+    grads, metrics = jax.jit(learner.outer_grad, static_argnums=2)(meta, batch, 0, 0)
     flat = jnp.concatenate([jnp.ravel(g) for g in jax.tree.leaves(grads)])
     assert bool(jnp.all(jnp.isfinite(flat))) and float(jnp.linalg.norm(flat)) > 0
     assert float(jnp.linalg.norm(grads["encoder"]["w"])) > 0

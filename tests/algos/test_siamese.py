@@ -145,7 +145,7 @@ def test_loss_and_predictions_do_not_depend_on_the_support_order():
         predictions = learner.predict(
             mp, learner.adapt(mp, e.support_x, e.support_y, 0, e.ways), e.query_x
         )
-        _, metrics = learner.outer_grad(mp, jax.tree.map(lambda a: a[None], e), 0)
+        _, metrics = learner.outer_grad(mp, jax.tree.map(lambda a: a[None], e), 0, 0)
         return predictions, metrics["loss"]
 
     for got, want in zip(run(shuffled), run(e), strict=True):

@@ -19,7 +19,9 @@ from metarun.types import Objective
 HEAD = "head"
 
 
-def anil(apply_fn, loss_fn, *, inner_lr: float, first_order: bool = False) -> MetaLearner:
+def anil(
+    apply_fn, loss_fn, *, inner_lr: float, first_order: bool = False, remat: bool = False
+) -> MetaLearner:
     """ANIL on a model whose parameters hold a top-level ``head`` entry."""
 
     def init(params, key=None, episode=None):
@@ -34,7 +36,7 @@ def anil(apply_fn, loss_fn, *, inner_lr: float, first_order: bool = False) -> Me
         def support_loss(head):
             return loss_fn(apply_fn({**params, HEAD: head}, support_x), support_y)
 
-        head = gradient_descent(support_loss, params[HEAD], inner_lr, num_steps, first_order)
+        head = gradient_descent(support_loss, params[HEAD], inner_lr, num_steps, first_order, remat)
         return {**params, HEAD: head}
 
     return MetaLearner(init=init, adapt=adapt, predict=predict_with_adapted(apply_fn))
@@ -42,4 +44,10 @@ def anil(apply_fn, loss_fn, *, inner_lr: float, first_order: bool = False) -> Me
 
 @algos.register("anil")
 def from_config(cfg, net, objective: Objective) -> MetaLearner:
-    return anil(net.apply, objective.loss, inner_lr=cfg.inner_lr, first_order=cfg.first_order)
+    return anil(
+        net.apply,
+        objective.loss,
+        inner_lr=cfg.inner_lr,
+        first_order=cfg.first_order,
+        remat=cfg.remat,
+    )

@@ -10,8 +10,9 @@ A meta-learner is a tuple of pure functions (in the spirit of optax's
   learn from one task's support set (``num_steps`` and ``ways``, the number of
   classes or 0 for regression, are static: a scan length, a shape);
 * ``predict(meta_params, task_params, query_x) -> predictions``;
-* ``outer_grad`` (optional): the meta-gradient of a meta-batch, for algorithms
-  whose update is not the gradient of the query loss (Reptile).
+* ``outer_grad(meta_params, episodes, num_steps, step)`` (optional): the meta-gradient of
+  a meta-batch, for algorithms whose update is not the gradient of the query loss (Reptile)
+  or changes during training (``step``: the outer updates done, an int32 scalar).
 
 The shared outer objective adapts on each support set, scores on the query set,
 and averages over the tasks of a meta-batch with ``jax.vmap``:
@@ -44,15 +45,19 @@ class MetaLearner(NamedTuple):
     * ``loss`` (optional): ``(predictions, query_y) -> scalar``, the learner's own query loss
       in place of the dataset's (Relation Networks regress scores on one-hot labels);
     * ``any_ways``: whether training episodes may have another number of classes than the
-      evaluation ones (``data.train_ways``): true when there is no ``ways``-wide head.
+      evaluation ones (``data.train_ways``): true when there is no ``ways``-wide head;
+    * ``report`` (optional): ``(meta_params, source, config, run_dir) -> dict``, called once
+      after the meta-test with the tested meta-parameters: extra keys for ``result.json``
+      (lstm_opt's hand-designed baselines); it may write figures to ``run_dir`` (None: none).
     """
 
     init: Callable[[Params, PRNGKey, Episode], MetaParams]
     adapt: Callable[[MetaParams, Array, Array, int, int], TaskParams]
     predict: Callable[[MetaParams, TaskParams, Array], Array]
-    outer_grad: Callable[[MetaParams, Episode, int], tuple[MetaParams, dict]] | None = None
+    outer_grad: Callable[[MetaParams, Episode, int, Array], tuple[MetaParams, dict]] | None = None
     loss: Callable[[Array, Array], Array] | None = None
     any_ways: bool = False
+    report: Callable[..., dict] | None = None
 
 
 def init_params(params: Params, key: PRNGKey = None, episode: Episode | None = None) -> Params:
@@ -94,6 +99,7 @@ def gradient_descent(
     lr: float | Params,
     num_steps: int,
     first_order: bool = False,
+    remat: bool = False,
 ) -> Params:
     """``num_steps`` of θ ← θ − α ∇L(θ), as a ``lax.scan``.
 
@@ -104,6 +110,10 @@ def gradient_descent(
       num_steps: number of steps (0 returns ``params``).
       first_order: treat each inner gradient as a constant, so that the derivative of
         the result with respect to ``params`` is the identity (first-order MAML).
+      remat: wrap each step in ``jax.checkpoint``. Differentiating through the scan then
+        keeps only each step's parameters and recomputes the step's activations and inner
+        gradient on the backward pass: memory that no longer grows with the activations
+        times ``num_steps``, for one extra forward and backward pass per step.
 
     Returns:
       The adapted parameters. Differentiating through them gives the full
@@ -118,7 +128,7 @@ def gradient_descent(
             grads = jax.lax.stop_gradient(grads)
         return jax.tree.map(lambda p, g, a: p - a * g, p, grads, lrs), None
 
-    adapted, _ = jax.lax.scan(step, params, None, length=num_steps)
+    adapted, _ = jax.lax.scan(jax.checkpoint(step) if remat else step, params, None, num_steps)
     return adapted
 
 
@@ -179,10 +189,12 @@ def outer_grad(
     meta_params: MetaParams,
     episodes: Episode,
     num_steps: int,
+    step: Array | int = 0,
 ) -> tuple[MetaParams, dict[str, Array]]:
-    """The meta-gradient of a meta-batch and its metrics (the learner's own, if it has one)."""
+    """The meta-gradient of a meta-batch and its metrics (the learner's own, if it has one);
+    ``step`` is the number of outer updates done."""
     if learner.outer_grad is not None:
-        return learner.outer_grad(meta_params, episodes, num_steps)
+        return learner.outer_grad(meta_params, episodes, num_steps, step)
     grad_fn = jax.grad(
         lambda mp: outer_loss(learner, objective, mp, episodes, num_steps), has_aux=True
     )

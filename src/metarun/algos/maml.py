@@ -24,7 +24,9 @@ from metarun.algos.base import (
 from metarun.types import Objective
 
 
-def maml(apply_fn, loss_fn, *, inner_lr: float, first_order: bool = False) -> MetaLearner:
+def maml(
+    apply_fn, loss_fn, *, inner_lr: float, first_order: bool = False, remat: bool = False
+) -> MetaLearner:
     """MAML: the meta-parameters are the model's initial parameters θ.
 
     Args:
@@ -32,6 +34,7 @@ def maml(apply_fn, loss_fn, *, inner_lr: float, first_order: bool = False) -> Me
       loss_fn: ``(predictions, targets) -> scalar`` inner loss.
       inner_lr: the inner step size α.
       first_order: drop the second-order terms of the meta-gradient.
+      remat: recompute each inner step on the backward pass (``gradient_descent``).
     """
 
     def adapt(params, support_x, support_y, num_steps, ways=0):
@@ -40,7 +43,7 @@ def maml(apply_fn, loss_fn, *, inner_lr: float, first_order: bool = False) -> Me
         def support_loss(p):
             return loss_fn(apply_fn(p, support_x), support_y)
 
-        return gradient_descent(support_loss, params, inner_lr, num_steps, first_order)
+        return gradient_descent(support_loss, params, inner_lr, num_steps, first_order, remat)
 
     return MetaLearner(init=init_params, adapt=adapt, predict=predict_with_adapted(apply_fn))
 
@@ -51,4 +54,10 @@ fomaml = partial(maml, first_order=True)
 @algos.register("maml")
 @algos.register("fomaml")
 def from_config(cfg, net, objective: Objective) -> MetaLearner:
-    return maml(net.apply, objective.loss, inner_lr=cfg.inner_lr, first_order=cfg.first_order)
+    return maml(
+        net.apply,
+        objective.loss,
+        inner_lr=cfg.inner_lr,
+        first_order=cfg.first_order,
+        remat=cfg.remat,
+    )

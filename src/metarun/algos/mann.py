@@ -312,8 +312,8 @@ def mann(
         presentations = labels.shape[0] // episode.ways  # shots + queries, static
         return {**metrics, **instance_accuracies(correct, labels, episode.ways, presentations)}
 
-    def outer_grad(meta_params, episodes, num_steps):
-        del num_steps
+    def outer_grad(meta_params, episodes, num_steps, step):
+        del num_steps, step
 
         def loss(mp):
             metrics = jax.tree.map(jnp.mean, jax.vmap(lambda e: episode_metrics(mp, e))(episodes))

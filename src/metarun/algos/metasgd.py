@@ -15,7 +15,9 @@ from metarun.algos.base import MetaLearner, gradient_descent, predict_with_adapt
 from metarun.types import Objective
 
 
-def metasgd(apply_fn, loss_fn, *, inner_lr: float, first_order: bool = False) -> MetaLearner:
+def metasgd(
+    apply_fn, loss_fn, *, inner_lr: float, first_order: bool = False, remat: bool = False
+) -> MetaLearner:
     """Meta-SGD; ``meta_params = {"params": θ, "inner_lr": α}`` with α shaped like θ."""
 
     def init(params, key=None, episode=None):
@@ -29,7 +31,12 @@ def metasgd(apply_fn, loss_fn, *, inner_lr: float, first_order: bool = False) ->
             return loss_fn(apply_fn(p, support_x), support_y)
 
         return gradient_descent(
-            support_loss, meta_params["params"], meta_params["inner_lr"], num_steps, first_order
+            support_loss,
+            meta_params["params"],
+            meta_params["inner_lr"],
+            num_steps,
+            first_order,
+            remat,
         )
 
     return MetaLearner(init=init, adapt=adapt, predict=predict_with_adapted(apply_fn))
@@ -37,4 +44,10 @@ def metasgd(apply_fn, loss_fn, *, inner_lr: float, first_order: bool = False) ->
 
 @algos.register("metasgd")
 def from_config(cfg, net, objective: Objective) -> MetaLearner:
-    return metasgd(net.apply, objective.loss, inner_lr=cfg.inner_lr, first_order=cfg.first_order)
+    return metasgd(
+        net.apply,
+        objective.loss,
+        inner_lr=cfg.inner_lr,
+        first_order=cfg.first_order,
+        remat=cfg.remat,
+    )

@@ -41,7 +41,8 @@ def reptile(apply_fn, objective: Objective, *, inner_lr: float) -> MetaLearner:
 
         return gradient_descent(support_loss, params, inner_lr, num_steps, first_order=True)
 
-    def outer_grad(params, episodes, num_steps):
+    def outer_grad(params, episodes, num_steps, step):
+        del step
         adapted = jax.vmap(adapt, in_axes=(None, 0, 0, None))(
             params, episodes.support_x, episodes.support_y, num_steps
         )

@@ -118,8 +118,8 @@ def siamese(embed) -> MetaLearner:
             "pair_accuracy": balanced_pair_accuracy(logits, episode.query_y, episode.support_y),
         }
 
-    def outer_grad(meta_params, episodes, num_steps):
-        del num_steps
+    def outer_grad(meta_params, episodes, num_steps, step):
+        del num_steps, step
 
         def meta_batch_loss(mp):
             losses, metrics = jax.vmap(lambda e: episode_loss(mp, e))(episodes)
