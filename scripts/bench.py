@@ -51,6 +51,16 @@ WORKLOADS = {
     "maml-omniglot-bf16": ["algo=maml", *OMNIGLOT, "trainer.precision=bf16"],
     # XLA's own convolution on CPU: vmap over per-task kernels makes it a grouped convolution.
     "maml-omniglot-xlaconv": ["algo=maml", *OMNIGLOT, "model.conv=xla"],
+    # MAML++'s switches (multi-step loss, learned per-layer per-step rates, per-step
+    # BatchNorm) at its 5 inner steps; compare with maml-omniglot --set algo.inner_steps=5.
+    "mamlpp-omniglot": [
+        "algo=maml",
+        *OMNIGLOT,
+        "algo.inner_steps=5",
+        "algo.msl=true",
+        "algo.lslr=true",
+        "algo.per_step_bn=true",
+    ],
     # ProtoNet with MAML's encoder and episodes (not its preset's 60-way single episodes).
     "protonet-omniglot": [
         "algo=protonet",

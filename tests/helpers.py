@@ -66,4 +66,10 @@ NARROW = {
         "algo.attention_values=[8,8,8]",
         "algo.tc_filters=[16,16]",
     ],
+    # An LSTM step per parameter of the model per optimizee step: a 1-8-8-1 MLP, 4 steps.
+    "lstm_opt": ["algo.horizon=4", "algo.unroll=2", "algo.hidden=4", "model.hidden=[8,8]"],
+    # 2 learner updates, 4 units in the first LSTM layer, 10 tasks: with the paper's 20 units
+    # (~100 transcendentals per parameter and update), 5 updates and 25 tasks a meta-step on
+    # the sinusoid MLP takes 0.25 s here.
+    "meta_lstm": ["algo.inner_steps=2", "algo.hidden=4", "trainer.meta_batch=10"],
 }

@@ -24,6 +24,8 @@ def data_overrides(choice: str, tmp_path) -> list[str]:
             labels = [fixtures.wnid(10 * i + c) for c in range(5)]
             fixtures.mini_imagenet_csv(tmp_path, split, labels, per_class=16, seed=i)
         return [f"data.root={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}"]
+    if choice == "quadratic":  # a function to minimise: learned optimizers only
+        return ["algo=lstm_opt"]
     return []
 
 
@@ -66,6 +68,12 @@ def test_defaults_are_the_paper_setting():
             "optim.name='rmsprop' is invalid: allowed values are adam, adamw, sgd",
         ),
         ("optim.schedule=linear", "allowed values are constant, cosine"),
+        (
+            "optim.min_lr=1e-5",
+            "optim.min_lr=1e-05 is invalid: is only used by optim.schedule=cosine",
+        ),
+        ("algo.msl_anneal_steps=0", "algo.msl_anneal_steps=0 is invalid: must be >= 1"),
+        ("algo.first_order_steps=-1", "algo.first_order_steps=-1 is invalid: must be >= 0"),
         ("optim.momentum=0.9", "optim.momentum=0.9 is invalid: is only used by optim=sgd"),
         ("model.activation=swish", "allowed values are relu, tanh, gelu"),
         ("eval.episodes=1", "eval.episodes=1 is invalid"),
@@ -81,6 +89,11 @@ def test_bad_values_fail_naming_the_key(override, message):
 def test_reptile_must_be_first_order():
     with pytest.raises(ConfigError, match="algo.first_order=False is invalid: Reptile"):
         build(validate(compose(["algo=reptile", "algo.first_order=false"])))
+
+
+def test_derivative_order_annealing_of_first_order_maml_is_refused():
+    with pytest.raises(ConfigError, match="algo.first_order_steps=100 is invalid: anneals first"):
+        validate(compose(["algo=fomaml", "algo.first_order_steps=100"]))
 
 
 @pytest.mark.parametrize("algo", ["fomaml", "reptile"])

@@ -54,6 +54,40 @@ class AlgoConfig:
         )
 
 
+@dataclass
+class MAMLConfig(AlgoConfig):
+    """MAML and first-order MAML, with the MAML++ switches (Antoniou et al. 2019,
+    algos/mamlpp.py); each is off by default."""
+
+    msl: bool = False  # multi-step loss: query losses of every inner step, annealed weights
+    msl_anneal_steps: int = 5000  # meta-steps until only the last step's loss counts
+    lslr: bool = False  # learned inner learning rate per parameter array and inner step
+    per_step_bn: bool = False  # one BatchNorm scale and offset per inner step, meta-learned
+    first_order_steps: int = 0  # derivative-order annealing: first-order meta-steps first
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(
+            self.msl_anneal_steps >= 1,
+            "algo.msl_anneal_steps",
+            self.msl_anneal_steps,
+            "must be >= 1 meta-step",
+        )
+        _check(
+            self.first_order_steps >= 0,
+            "algo.first_order_steps",
+            self.first_order_steps,
+            "must be >= 0",
+        )
+        _check(
+            self.first_order_steps == 0 or not self.first_order,
+            "algo.first_order_steps",
+            self.first_order_steps,
+            "anneals first-order into second-order training; algo.first_order=true is "
+            "first-order throughout",
+        )
+
+
 PROTONET_DISTANCES = ("euclidean", "cosine")
 
 
@@ -161,6 +195,85 @@ class SNAILConfig:
         for key in ("attention_keys", "attention_values", "tc_filters"):
             sizes = getattr(self, key)
             _check(all(s >= 1 for s in sizes), f"algo.{key}", sizes, "every size must be >= 1")
+
+
+@dataclass
+class MetaLSTMConfig:
+    """Meta-learner LSTM (Ravi & Larochelle 2017): θ is the cell state of an LSTM,
+    c_t = f_t ⊙ c_{t−1} − i_t ⊙ ∇L_t, with learned coordinatewise gates (algos/meta_lstm.py)."""
+
+    name: str = "meta_lstm"
+    inner_steps: int = 5  # learner updates T, each on the whole support set (0 = no adaptation)
+    inner_lr: float = 0.01  # input gate at init, i = σ(b_I) (the authors' code: b_I ∈ [−5, −4])
+    forget_init: float = 0.99  # forget gate at init, f = σ(b_F) (the authors' code: b_F ∈ [4, 5])
+    hidden: int = 20  # units of the first, standard LSTM layer (the paper's 20)
+    weight_init: float = 0.01  # the other meta-learner weights start U(−w, w) (the authors' code)
+    p: float = 10.0  # gradient and loss preprocessing (Andrychowicz et al.): threshold e^−p
+    remat: bool = False  # recompute each step's LSTM activations on the backward pass
+
+    def __post_init__(self) -> None:
+        _check(self.inner_steps >= 0, "algo.inner_steps", self.inner_steps, "must be >= 0")
+        _check(0 < self.inner_lr < 1, "algo.inner_lr", self.inner_lr, "must be in (0, 1): a gate")
+        _check(
+            0 < self.forget_init < 1,
+            "algo.forget_init",
+            self.forget_init,
+            "must be in (0, 1): a gate, e.g. 0.99",
+        )
+        _check(self.hidden >= 1, "algo.hidden", self.hidden, "must be >= 1")
+        _check(self.weight_init >= 0, "algo.weight_init", self.weight_init, "must be >= 0")
+        _check(self.p > 0, "algo.p", self.p, "must be > 0, e.g. 10")
+
+
+LSTM_OPT_PREPROCESS = ("log_sign", "none")
+
+
+@dataclass
+class LSTMOptConfig:
+    """Learned optimizer (Andrychowicz et al. 2016): θ_{t+1} = θ_t + LSTM(∇f(θ_t)), one
+    coordinatewise LSTM for every coordinate, meta-trained by truncated BPTT (algos/lstm_opt.py)."""
+
+    name: str = "lstm_opt"
+    hidden: int = 20  # units of each LSTM layer (the paper's 20)
+    layers: int = 2  # stacked LSTM layers (the paper's 2)
+    scale: float = 0.1  # the update is scale × the LSTM's linear output (the paper's 0.1)
+    preprocess: str = "log_sign"  # the paper's (log|g|/p, sign g); none: g itself
+    p: float = 10.0  # preprocess=log_sign: gradients below e^−p are read linearly (paper: 10)
+    horizon: int = 100  # optimizee steps per task, in training and at test (the paper's 100)
+    unroll: int = 20  # truncated BPTT: steps per segment of the meta-gradient (the paper's 20)
+
+    def __post_init__(self) -> None:
+        _check(self.hidden >= 1, "algo.hidden", self.hidden, "must be >= 1")
+        _check(self.layers >= 1, "algo.layers", self.layers, "must be >= 1")
+        _check(self.scale > 0, "algo.scale", self.scale, "must be > 0, e.g. 0.1")
+        _check_choice("algo.preprocess", self.preprocess, LSTM_OPT_PREPROCESS)
+        _check(self.p > 0, "algo.p", self.p, "must be > 0, e.g. 10")
+        _check(self.horizon >= 1, "algo.horizon", self.horizon, "must be >= 1 step")
+        _check(
+            1 <= self.unroll <= self.horizon,
+            "algo.unroll",
+            self.unroll,
+            f"must be in 1 .. algo.horizon={self.horizon}",
+        )
+        _check(
+            self.horizon % self.unroll == 0,
+            "algo.horizon",
+            self.horizon,
+            f"must be a multiple of algo.unroll={self.unroll} (whole truncation segments)",
+        )
+
+
+@dataclass
+class QuadraticConfig:
+    """Random quadratics f(θ) = ‖Wθ − y‖² (Andrychowicz et al. 2016, §3.1), for algo=lstm_opt."""
+
+    name: str = "quadratic"
+    dimension: int = 10  # d: θ, y ∈ R^d, W ∈ R^{d×d} (the paper's 10)
+    init_std: float = 0.01  # θ_0 ~ N(0, init_std²) (the authors' code: 0.01)
+
+    def __post_init__(self) -> None:
+        _check(self.dimension >= 1, "data.dimension", self.dimension, "must be >= 1")
+        _check(self.init_std >= 0, "data.init_std", self.init_std, "must be >= 0")
 
 
 @dataclass
@@ -337,7 +450,8 @@ class OptimConfig:
 
     name: str = "adam"
     lr: float = 1e-3
-    schedule: str = "constant"  # cosine: decay lr to 0 over trainer.steps
+    schedule: str = "constant"  # cosine: decay lr to min_lr over trainer.steps
+    min_lr: float = 0.0  # schedule=cosine: the learning rate at the last step
     weight_decay: float = 0.0  # adamw only
     momentum: float = 0.0  # sgd only
     clip_norm: float = 0.0  # clip the meta-gradient's global norm; 0 = off
@@ -346,6 +460,18 @@ class OptimConfig:
         _check_choice("optim.name", self.name, OPTIMIZERS)
         _check_choice("optim.schedule", self.schedule, SCHEDULES)
         _check(self.lr > 0, "optim.lr", self.lr, "must be > 0, e.g. 0.001")
+        _check(
+            0 <= self.min_lr <= self.lr,
+            "optim.min_lr",
+            self.min_lr,
+            f"must be in [0, optim.lr={self.lr}]",
+        )
+        _check(
+            self.min_lr == 0 or self.schedule == "cosine",
+            "optim.min_lr",
+            self.min_lr,
+            "is only used by optim.schedule=cosine",
+        )
         _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "must be >= 0")
         _check(
             self.weight_decay == 0 or self.name == "adamw",
@@ -534,16 +660,21 @@ class Config:
 
 # Schemas live in their own group so they never show up as choices (`algo=...`).
 _SCHEMAS = {
-    **{f"algo/{name}": AlgoConfig for name in ("maml", "fomaml", "anil", "metasgd", "reptile")},
+    "algo/maml": MAMLConfig,
+    "algo/fomaml": MAMLConfig,
+    **{f"algo/{name}": AlgoConfig for name in ("anil", "metasgd", "reptile")},
     "algo/protonet": ProtoNetConfig,
     "algo/matchingnet": MatchingNetConfig,
     "algo/relationnet": RelationNetConfig,
     "algo/siamese": SiameseConfig,
     "algo/mann": MANNConfig,
     "algo/snail": SNAILConfig,
+    "algo/meta_lstm": MetaLSTMConfig,
+    "algo/lstm_opt": LSTMOptConfig,
     "data/sinusoid": SinusoidConfig,
     "data/omniglot": OmniglotConfig,
     "data/mini_imagenet": MiniImageNetConfig,
+    "data/quadratic": QuadraticConfig,
     "model/mlp": MLPConfig,
     "model/conv4": Conv4Config,
     "model/resnet12": ResNet12Config,

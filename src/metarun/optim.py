@@ -9,7 +9,9 @@ from metarun.config import OptimConfig
 
 def make(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
     if cfg.schedule == "cosine":
-        lr = optax.cosine_decay_schedule(cfg.lr, decay_steps=max(total_steps, 1))
+        lr = optax.cosine_decay_schedule(
+            cfg.lr, decay_steps=max(total_steps, 1), alpha=cfg.min_lr / cfg.lr
+        )
     else:
         lr = cfg.lr
     if cfg.name == "adam":

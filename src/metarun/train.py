@@ -354,6 +354,9 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
     meta_params = best.params if validated else state.meta_params
     save_params(run_dir / BEST_PARAMS, meta_params)
     result = _meta_test(exp, meta_params, mesh)
+    if exp.learner.report is not None:  # results of the learner's own (lstm_opt: baselines, plot)
+        report_dir = run_dir if lead else None
+        result.update(exp.learner.report(meta_params, exp.source, config, report_dir))
     result.update(
         best_step=best.step if validated else trainer.steps,
         **({f"best_val_{metric}": best.value} if validated else {}),

@@ -12,9 +12,11 @@ algos = Registry("algo")
 
 from metarun.algos import (  # noqa: E402,F401  (register)
     anil,
+    lstm_opt,
     maml,
     mann,
     matchingnet,
+    meta_lstm,
     metasgd,
     protonet,
     relationnet,
@@ -23,9 +25,11 @@ from metarun.algos import (  # noqa: E402,F401  (register)
     snail,
 )
 from metarun.algos.base import MetaLearner, outer_grad, outer_loss  # noqa: E402
+from metarun.data import quadratic  # noqa: E402
 
 
 def make(cfg, net, objective) -> MetaLearner:
+    quadratic.require_optimizer(cfg.name, objective)  # data=quadratic: learned optimizers only
     return algos.get(cfg.name)(cfg, net, objective)
 
 

@@ -5,6 +5,8 @@
 
 First-order MAML (Finn et al. 2017, §5.2) is the same function with each inner
 gradient treated as a constant, so the meta-gradient becomes ∇θ' L_query(θ').
+The MAML++ switches (``algo.msl``, ``algo.lslr``, ``algo.per_step_bn``,
+``algo.first_order_steps``) build the learner of ``algos/mamlpp.py`` instead.
 
 Reference: Finn, Abbeel, Levine. "Model-Agnostic Meta-Learning for Fast
 Adaptation of Deep Networks". ICML 2017. https://arxiv.org/abs/1703.03400
@@ -21,6 +23,7 @@ from metarun.algos.base import (
     init_params,
     predict_with_adapted,
 )
+from metarun.algos.mamlpp import mamlpp
 from metarun.types import Objective
 
 
@@ -54,6 +57,20 @@ fomaml = partial(maml, first_order=True)
 @algos.register("maml")
 @algos.register("fomaml")
 def from_config(cfg, net, objective: Objective) -> MetaLearner:
+    if cfg.msl or cfg.lslr or cfg.per_step_bn or cfg.first_order_steps:
+        return mamlpp(
+            net.apply,
+            objective,
+            inner_lr=cfg.inner_lr,
+            inner_steps=cfg.inner_steps,
+            first_order=cfg.first_order,
+            remat=cfg.remat,
+            msl=cfg.msl,
+            msl_anneal_steps=cfg.msl_anneal_steps,
+            lslr=cfg.lslr,
+            per_step_bn=cfg.per_step_bn,
+            first_order_steps=cfg.first_order_steps,
+        )
     return maml(
         net.apply,
         objective.loss,

@@ -9,7 +9,12 @@ from metarun.registry import Registry
 sources = Registry("data")
 specs = Registry("data")
 
-from metarun.data import mini_imagenet, omniglot, sinusoid  # noqa: E402,F401  (register their factories)
+from metarun.data import (  # noqa: E402,F401  (register their factories)
+    mini_imagenet,
+    omniglot,
+    quadratic,
+    sinusoid,
+)
 
 
 def make(cfg):
