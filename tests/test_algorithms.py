@@ -99,6 +99,16 @@ def test_meta_step_is_deterministic_per_seed(config_for, name):
     np.testing.assert_array_equal(*runs)
 
 
+def ten_steps(exp):
+    """(initial state, state after 10 jitted meta-steps, the last metrics, the jitted step)."""
+    init_key, train_key = rng_streams(0)
+    state = before = init_state(exp, init_key)
+    step, sample = jax.jit(make_meta_step(exp)), exp.source.samplers["train"]
+    for _ in range(10):
+        state, metrics = step(state, train_key, sample)
+    return before, state, metrics, step
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -110,13 +120,32 @@ def test_meta_step_is_deterministic_per_seed(config_for, name):
 )
 def test_every_optimizer_option_takes_finite_steps(make_config, overrides):
     exp = build(make_config(*overrides, "trainer.steps=10"))
-    init_key, train_key = rng_streams(0)
-    state = before = init_state(exp, init_key)
-    step, sample = jax.jit(make_meta_step(exp)), exp.source.samplers["train"]
-    for _ in range(10):
-        state, metrics = step(state, train_key, sample)
+    before, state, metrics, step = ten_steps(exp)
     assert np.all(np.isfinite(flat(state.meta_params)))
     assert not np.allclose(flat(state.meta_params), flat(before.meta_params))
+
+
+def test_maml_plus_plus_switches_train_through_the_loop(make_config):
+    """MAML++'s multi-step loss, learned rates and derivative-order annealing (first order for
+    5 of the 10 steps), with remat, through the real meta-step: finite, and the learned rates
+    move. (Per-step BatchNorm needs a Conv-4: tests/test_api.py, tests/algos/test_mamlpp.py.)"""
+    exp = build(
+        make_config(
+            "algo.inner_steps=2",
+            "algo.msl=true",
+            "algo.msl_anneal_steps=6",
+            "algo.lslr=true",
+            "algo.first_order_steps=5",
+            "algo.remat=true",
+            "trainer.steps=10",
+        )
+    )
+    before, state, metrics, step = ten_steps(exp)
+    assert np.all(np.isfinite(flat(state.meta_params)))
+    assert np.isfinite(metrics["msl_loss"]) and step._cache_size() == 1
+    assert not np.allclose(
+        flat(state.meta_params["inner_lr"]), flat(before.meta_params["inner_lr"])
+    )
 
 
 def test_clip_norm_bounds_the_update(make_config):

@@ -130,6 +130,8 @@ def test_every_classifier_loads_and_reproduces_its_evaluation(
     np.testing.assert_allclose(ours, reported, atol=1e-6)
 
 
+@pytest.mark.slow
+@pytest.mark.extended  # 30 s of Conv-4 compiles; CI runs the switches on sinusoid
 def test_maml_plus_plus_trains_loads_and_reproduces_its_evaluation(make_config, omniglot, tmp_path):
     """``algo=maml`` with the MAML++ switches that change the meta-parameters (per-step
     BatchNorm on the real Conv-4, learned rates) and the multi-step loss trains, and the loaded

@@ -138,6 +138,12 @@ def test_unknown_key_and_wrong_type_fail_at_composition():
         (["data=mini_imagenet", "model=mlp"], {"model.name": "mlp", "algo.inner_steps": 5}),
         (["data=mini_imagenet", "algo=metasgd"], {"algo.inner_steps": 1, "eval.inner_steps": 1}),
         (["data=sinusoid"], {"algo.inner_lr": 0.01, "model.name": "mlp"}),
+        # Meta-LSTM: the paper's (mini-ImageNet) and its authors' Omniglot settings.
+        (
+            ["data=mini_imagenet", "algo=meta_lstm"],
+            {"algo.inner_steps": 12, "optim.clip_norm": 0.25},
+        ),
+        (["data=omniglot", "algo=meta_lstm"], {"algo.inner_steps": 15, "trainer.meta_batch": 1}),
     ],
 )
 def test_paper_presets_apply_and_the_command_line_wins(overrides, expected):
