@@ -91,6 +91,12 @@ def test_reptile_must_be_first_order():
         build(validate(compose(["algo=reptile", "algo.first_order=false"])))
 
 
+def test_per_step_batchnorm_of_first_order_maml_needs_the_multi_step_loss():
+    with pytest.raises(ConfigError, match="only the last step's BatchNorm copy gets a meta-grad"):
+        validate(compose(["algo=fomaml", "algo.per_step_bn=true"]))
+    validate(compose(["algo=fomaml", "algo.per_step_bn=true", "algo.msl=true"]))
+
+
 def test_derivative_order_annealing_of_first_order_maml_is_refused():
     with pytest.raises(ConfigError, match="algo.first_order_steps=100 is invalid: anneals first"):
         validate(compose(["algo=fomaml", "algo.first_order_steps=100"]))

@@ -86,6 +86,14 @@ class MAMLConfig(AlgoConfig):
             "anneals first-order into second-order training; algo.first_order=true is "
             "first-order throughout",
         )
+        _check(
+            not (self.per_step_bn and self.first_order and not self.msl),
+            "algo.per_step_bn",
+            self.per_step_bn,
+            "with first-order MAML and no multi-step loss only the last step's BatchNorm copy "
+            "gets a meta-gradient (the inner gradients are constants); add algo.msl=true or "
+            "train second order",
+        )
 
 
 PROTONET_DISTANCES = ("euclidean", "cosine")

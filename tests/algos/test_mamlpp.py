@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from metarun.algos.base import outer_grad
 from metarun.algos.maml import fomaml, maml
@@ -158,8 +159,9 @@ def test_per_step_bn_step_i_uses_copy_i(setting):
     def changed(copy):
         return {**meta, "norm": jax.tree.map(lambda a: a.at[copy].multiply(3.0), meta["norm"])}
 
-    def adapted(m, steps):
-        return flat(plus.adapt(m, e.support_x, e.support_y, steps))
+    def adapted(m, steps):  # the adapted weights, without the BatchNorm copy handed back
+        result = plus.adapt(m, e.support_x, e.support_y, steps)
+        return flat({k: v for k, v in result.items() if k != "norm"})
 
     # One step uses copy 0 only; two steps use copy 1 for the second step and the prediction.
     np.testing.assert_array_equal(adapted(changed(1), 1), adapted(meta, 1))
@@ -167,6 +169,56 @@ def test_per_step_bn_step_i_uses_copy_i(setting):
     # Evaluating longer than training (N = 3) reuses the last copy for steps 4 and 5.
     np.testing.assert_array_equal(adapted(changed(2), 2), adapted(meta, 2))
     assert not np.allclose(adapted(changed(2), 5), adapted(meta, 5))
+
+
+def test_step_i_uses_learning_rates_i_and_batchnorm_copy_i(setting):
+    """The multi-step loss with distinct per-step rates and BatchNorm copies, against a Python
+    loop that indexes them by hand."""
+    params, episodes = setting
+    plus = learner(msl=True, msl_anneal_steps=100, lslr=True, per_step_bn=True)
+    meta = plus.init(params)
+    meta["inner_lr"] = jax.tree.map(lambda a: a * jnp.array([1.0, 0.3, 2.0]), meta["inner_lr"])
+    meta["norm"] = jax.tree.map(lambda a: a * jnp.array([1.0, -0.5, 3.0])[:, None], meta["norm"])
+    step = 40
+    _, metrics = jax.jit(lambda m: outer_grad(plus, OBJECTIVE, m, episodes, STEPS, step))(meta)
+
+    @jax.jit
+    def direct(meta):
+        weights, total = msl_weights(step, STEPS, 100), 0.0
+        for t in range(3):
+            e, fast = task(episodes, t), meta["params"]
+            for i in range(STEPS):
+                norm = jax.tree.map(lambda a, i=i: a[i], meta["norm"])
+                lrs = jax.tree.map(lambda a, i=i: a[i], meta["inner_lr"])
+
+                def support(f, e=e, norm=norm):
+                    return mse(normed_apply({**f, **norm}, e.support_x), e.support_y)
+
+                grads = jax.grad(support)(fast)
+                fast = jax.tree.map(lambda w, g, a: w - a * g, fast, grads, lrs)
+                query = mse(normed_apply({**fast, **norm}, e.query_x), e.query_y)
+                total += weights[i] * query / 3
+        return total
+
+    np.testing.assert_allclose(metrics["msl_loss"], direct(meta), rtol=1e-12)
+
+
+def test_per_step_bn_copies_every_batchnorm_of_resnet12():
+    """ResNet-12's BatchNorms include the shortcut's (``shortcut_norm``)."""
+    from metarun.models.resnet12 import ResNet12
+
+    net = ResNet12(output_dim=3, channels=(4, 6), conv="im2col")
+    plus = mamlpp(net.apply, OBJECTIVE, inner_lr=0.1, inner_steps=2, per_step_bn=True)
+    # Shapes only (jax.eval_shape): nothing is initialised or compiled.
+    params = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), jnp.zeros((2, 16, 16, 3))))
+    meta = jax.eval_shape(plus.init, params["params"])
+    params = params["params"]
+    copied = traverse_util.flatten_dict(meta["norm"])
+    assert any("shortcut_norm" in path for path in copied)
+    assert all(v.shape[0] == 2 for v in copied.values())
+    adapted = traverse_util.flatten_dict(meta["params"])
+    assert not any("norm" in name for path in adapted for name in path)
+    assert len(copied) + len(adapted) == len(traverse_util.flatten_dict(params))
 
 
 def test_derivative_order_annealing_switches_from_first_to_second_order(setting):

@@ -6,9 +6,10 @@ Each is separate (``conf/algo/maml.yaml``); with all of them off ``algo=maml`` i
 * ``algo.msl`` (multi-step loss): the outer loss is Σ_i v_i L_query(θ_i) over the inner
   steps i = 1..N instead of L_query(θ_N). The weights v start uniform and are annealed
   linearly towards the last step over ``algo.msl_anneal_steps`` meta-steps, each earlier
-  weight kept at least 0.03/N; after that the loss is the last step's alone (the paper's
-  code: ``get_per_step_loss_importance_vector``, there counted in epochs of 500 iterations
-  and annealed once per epoch, here continuously per meta-step).
+  weight kept at least 0.03/N; after that the loss is the last step's alone, and the other
+  steps' query passes are no longer computed (the paper's code:
+  ``get_per_step_loss_importance_vector``, there counted in epochs of 500 iterations and
+  annealed once per epoch, here continuously per meta-step).
 * ``algo.lslr`` (learned per-layer per-step learning rates): every parameter array has
   its own inner learning rate at each inner step, α[i] for the array at step i, initialised
   to ``algo.inner_lr`` and meta-learned.
@@ -20,10 +21,12 @@ Each is separate (``conf/algo/maml.yaml``); with all of them off ``algo=maml`` i
   is given (``models/conv4.py``), which is also what the paper's code does
   (``F.batch_norm(..., training=True)`` at every step, in training and evaluation); the
   per-step running averages it also keeps are never used to normalise, so there is no
-  state to keep here and the statistics are per step by construction.
+  state to keep here and the statistics are per step by construction. With first-order
+  MAML only the last copy would get a meta-gradient, so it then needs ``algo.msl``.
 * ``algo.first_order_steps`` (derivative-order annealing): the first so many meta-steps use
   the first-order meta-gradient, the rest second order. Both are compiled into the step
-  and chosen on the device by the step count (``lax.cond``): no recompilation.
+  and chosen on the device by the step count (``lax.switch``, as the multi-step loss's two
+  phases are): no recompilation.
 * The cosine-annealed meta learning rate is the outer optimizer's:
   ``optim.schedule=cosine optim.min_lr=1e-5``.
 
@@ -35,6 +38,8 @@ https://arxiv.org/abs/1810.09502
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -59,8 +64,9 @@ def msl_weights(step, num_steps: int, anneal_steps: int):
 
 
 def _is_norm(path: tuple[str, ...]) -> bool:
-    """BatchNorm's parameters: Conv-4's and ResNet-12's live under modules named ``norm*``."""
-    return any(name.lower().startswith("norm") or "Norm" in name for name in path)
+    """BatchNorm's parameters: Conv-4's and ResNet-12's live under modules whose names hold
+    ``norm`` (``norm``, ``norm0``, ``shortcut_norm``; flax's default ``BatchNorm_0``)."""
+    return any("norm" in name.lower() for name in path)
 
 
 def mamlpp(
@@ -142,8 +148,7 @@ def mamlpp(
         del meta
         return apply_fn(adapted, query_x)
 
-    def task_loss(meta, episode, num_steps, step, first_order):
-        per_step = msl and num_steps > 0
+    def task_loss(meta, episode, num_steps, step, first_order, per_step):
         fast, queries = trajectory(
             meta,
             episode.support_x,
@@ -162,20 +167,32 @@ def mamlpp(
             predictions = predict(meta, adapted, episode.query_x)
             metrics = objective.metrics(predictions, episode.query_y)
             loss = metrics["loss"]
+            if msl:  # annealed: the last step's loss alone (the same keys in both programs)
+                metrics["msl_loss"] = loss
         return loss, metrics
 
     def outer_grad(meta, episodes, num_steps, step):
-        def grad(first_order):
+        def grad(first_order, per_step):
             def batch_loss(m):
-                losses, metrics = jax.vmap(lambda e: task_loss(m, e, num_steps, step, first_order))(
-                    episodes
-                )
+                losses, metrics = jax.vmap(
+                    lambda e: task_loss(m, e, num_steps, step, first_order, per_step)
+                )(episodes)
                 return jnp.mean(losses), jax.tree.map(jnp.mean, metrics)
 
             return jax.grad(batch_loss, has_aux=True)(meta)
 
-        if first_order or first_order_steps == 0:
-            return grad(first_order)
-        return jax.lax.cond(step < first_order_steps, lambda: grad(True), lambda: grad(False))
+        # Up to four programs, chosen on the device by the step count (no recompilation):
+        # first or second order (derivative-order annealing), and the multi-step loss while it
+        # anneals or the last step's alone after, which skips the other steps' query passes.
+        annealing_order = first_order_steps > 0 and not first_order
+        orders = (True, False) if annealing_order else (first_order,)
+        per_steps = (True, False) if msl and num_steps > 0 else (False,)
+        branches = [partial(grad, o, p) for o in orders for p in per_steps]
+        index = jnp.zeros((), jnp.int32)
+        if annealing_order:
+            index += len(per_steps) * jnp.asarray(step >= first_order_steps, jnp.int32)
+        if len(per_steps) > 1:
+            index += jnp.asarray(step >= msl_anneal_steps, jnp.int32)
+        return branches[0]() if len(branches) == 1 else jax.lax.switch(index, branches)
 
     return MetaLearner(init=init, adapt=adapt, predict=predict, outer_grad=outer_grad)
