@@ -26,12 +26,13 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import jax
 
 from metarun import algos
-from metarun.config import compose, validate
-from metarun.train import build, compile_meta_step, init_state, rng_streams
+from metarun.config import Config, compose, validate
+from metarun.train import TrainState, build, compile_meta_step, init_state, rng_streams
 
 # Omniglot workloads: MAML's Omniglot setting (conf/preset/maml_omniglot.yaml: strided
 # Conv-4, 64 filters, α = 0.4, one inner step, meta-batch 32), 5-way 1-shot, 15 queries per
@@ -73,20 +74,39 @@ WORKLOADS = {
 }
 
 
-def bench(name: str, steps: int, warmup: int, omniglot: Path, extra: list[str]) -> dict:
+class Prepared(NamedTuple):
+    """A workload's compiled meta-step, warmed up, and what it is called with."""
+
+    config: Config
+    meta_step: Any  # the AOT-compiled step: step(state, train_key, sample)
+    compile_sec: float
+    state: TrainState
+    train_key: jax.Array
+    sample: Any
+
+
+def prepare(name: str, warmup: int, omniglot: Path, extra: list[str]) -> Prepared:
+    """Build workload ``name`` with ``extra`` overrides, compile its step, run ``warmup`` steps
+    (also used by scripts/profile_step.py)."""
     overrides = WORKLOADS[name]
     if "data=omniglot" in overrides:
         overrides = [*overrides, f"data.root={omniglot.resolve()}"]
-    overrides = [*overrides, *extra]
-    config = validate(compose(overrides))
+    config = validate(compose([*overrides, *extra]))
     exp = build(config)
     init_key, train_key = rng_streams(config.seed)
     state = init_state(exp, init_key)
     meta_step, compile_sec = compile_meta_step(exp, state, train_key)
     sample = exp.source.samplers["train"]
     for _ in range(warmup):
-        state, metrics = meta_step(state, train_key, sample)
+        state, _ = meta_step(state, train_key, sample)
     jax.block_until_ready(state)
+    return Prepared(config, meta_step, compile_sec, state, train_key, sample)
+
+
+def bench(name: str, steps: int, warmup: int, omniglot: Path, extra: list[str]) -> dict:
+    config, meta_step, compile_sec, state, train_key, sample = prepare(
+        name, warmup, omniglot, extra
+    )
     times = []
     for _ in range(steps):
         start = time.perf_counter()

@@ -22,9 +22,7 @@ from pathlib import Path
 
 import jax
 
-from bench import WORKLOADS
-from metarun.config import compose, validate
-from metarun.train import build, compile_meta_step, init_state, rng_streams
+from bench import WORKLOADS, prepare
 
 
 def device_events(trace: Path) -> list[dict]:
@@ -59,18 +57,9 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
 
-    overrides = [*WORKLOADS[args.workload], *args.overrides]
-    if "data=omniglot" in overrides:
-        overrides.append(f"data.root={args.omniglot.resolve()}")
-    config = validate(compose(overrides))
-    exp = build(config)
-    init_key, train_key = rng_streams(config.seed)
-    state = init_state(exp, init_key)
-    meta_step, _ = compile_meta_step(exp, state, train_key)
-    sample = exp.source.samplers["train"]
-    for _ in range(5):
-        state, metrics = meta_step(state, train_key, sample)
-    jax.block_until_ready(state)
+    _, meta_step, _, state, train_key, sample = prepare(
+        args.workload, 5, args.omniglot, args.overrides
+    )
 
     with jax.profiler.trace(str(args.out), create_perfetto_trace=True):
         start = time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from metarun.types import REGRESSION, Episode
 
@@ -26,6 +27,24 @@ def tiny_mlp_params(key, dtype=jnp.float32, width: int = 4):
 def tiny_mlp_apply(params, x):
     h = jnp.tanh(x @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"])
     return h @ params["head"]["kernel"] + params["head"]["bias"]
+
+
+def tanh_embed(params, x):
+    """A one-layer encoder for the sequence learners' tests: ``tanh(x @ params["w"])``."""
+    return jnp.tanh(x @ params["w"])
+
+
+def feature_episode(rng, ways: int, shots: int, queries: int, features: int = 4) -> Episode:
+    """A classification episode of standard-normal feature vectors (``rng``: numpy's), its
+    support and query sets sorted by class."""
+    labels = np.arange(ways)
+    return Episode(
+        support_x=jnp.asarray(rng.normal(size=(ways * shots, features)), jnp.float32),
+        support_y=jnp.asarray(np.repeat(labels, shots)),
+        query_x=jnp.asarray(rng.normal(size=(ways * queries, features)), jnp.float32),
+        query_y=jnp.asarray(np.repeat(labels, queries)),
+        ways=ways,
+    )
 
 
 def tiny_episodes(key, tasks: int, dtype=jnp.float32, shots: int = 5, queries: int = 7):

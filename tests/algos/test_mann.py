@@ -10,6 +10,7 @@ from metarun.algos.mann import Memory, instance_accuracies, lru_access, mann, se
 from metarun.config import ConfigError
 from metarun.train import build
 from metarun.types import Episode
+from tests.helpers import feature_episode, tanh_embed
 
 RNG = np.random.default_rng(0)
 
@@ -115,24 +116,12 @@ WAYS, SHOTS, QUERIES = 3, 2, 3
 W = RNG.normal(size=(4, 5))
 
 
-def embed(params, x):
-    return jnp.tanh(x @ params["w"])
-
-
 def episode(seed: int) -> Episode:
-    rng = np.random.default_rng(seed)
-    labels = np.arange(WAYS)
-    return Episode(
-        support_x=jnp.asarray(rng.normal(size=(WAYS * SHOTS, 4)), jnp.float32),
-        support_y=jnp.asarray(np.repeat(labels, SHOTS)),
-        query_x=jnp.asarray(rng.normal(size=(WAYS * QUERIES, 4)), jnp.float32),
-        query_y=jnp.asarray(np.repeat(labels, QUERIES)),
-        ways=WAYS,
-    )
+    return feature_episode(np.random.default_rng(seed), WAYS, SHOTS, QUERIES)
 
 
 def tiny_mann():
-    learner = mann(embed, controller=8, memory_slots=6, memory_size=4, read_heads=2)
+    learner = mann(tanh_embed, controller=8, memory_slots=6, memory_size=4, read_heads=2)
     # Initialised by shape only, then drawn by numpy: flax's initialisers take seconds to compile.
     shapes = jax.eval_shape(learner.init, {"w": jnp.asarray(W)}, jax.random.PRNGKey(0), episode(0))
     meta = jax.tree.map(lambda s: jnp.asarray(0.3 * RNG.normal(size=s.shape), s.dtype), shapes)

@@ -17,6 +17,7 @@ from metarun.algos.snail import (
 from metarun.config import ConfigError
 from metarun.train import build
 from metarun.types import Episode
+from tests.helpers import feature_episode, tanh_embed
 
 RNG = np.random.default_rng(0)
 LENGTH = 9
@@ -81,23 +82,12 @@ WAYS, SHOTS, QUERIES, FEATURES = 3, 2, 2, 5
 W = RNG.normal(size=(4, FEATURES))
 
 
-def embed(params, x):
-    return jnp.tanh(x @ params["w"])
-
-
 def episode() -> Episode:
-    labels = np.arange(WAYS)
-    return Episode(
-        support_x=jnp.asarray(RNG.normal(size=(WAYS * SHOTS, 4)), jnp.float32),
-        support_y=jnp.asarray(np.repeat(labels, SHOTS)),
-        query_x=jnp.asarray(RNG.normal(size=(WAYS * QUERIES, 4)), jnp.float32),
-        query_y=jnp.asarray(np.repeat(labels, QUERIES)),
-        ways=WAYS,
-    )
+    return feature_episode(RNG, WAYS, SHOTS, QUERIES)
 
 
 def test_the_query_label_is_withheld_and_the_support_order_does_not_matter():
-    learner = snail(embed, attention=((4, 3), (6, 2)), tc_filters=(5,))
+    learner = snail(tanh_embed, attention=((4, 3), (6, 2)), tc_filters=(5,))
     e = episode()
     meta = random_init(lambda key, e: learner.init({"w": jnp.asarray(W)}, key, e), e)
 
@@ -115,7 +105,7 @@ def test_the_query_label_is_withheld_and_the_support_order_does_not_matter():
             sequence = jnp.concatenate([pairs, jnp.concatenate([query, label])[None]])
             return net.apply({"params": meta["snail"]}, sequence)[-1]
 
-        queries = embed(meta["encoder"], e.query_x)
+        queries = tanh_embed(meta["encoder"], e.query_x)
         withheld = jax.vmap(last_step)(queries, jnp.zeros((WAYS * QUERIES, WAYS)))
         told = jax.vmap(last_step)(queries, jax.nn.one_hot(e.query_y, WAYS))
         return logits, withheld, told

@@ -345,10 +345,6 @@ def quadratic_curves(opt: optax.GradientTransformation, episodes, horizon: int) 
     return jax.vmap(one)(episodes)
 
 
-def _run_baseline(make, lr: Array, episodes, horizon: int) -> Array:
-    return quadratic_curves(make(lr), episodes, horizon)
-
-
 @partial(jax.jit, static_argnames=("learned", "horizon"))
 def _curves(meta_params, samplers, keys, learned, horizon: int) -> dict[str, Array]:
     """One program: the learned optimizer's curves on the test tasks, and each baseline's at

@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from metarun.algos.base import MetaLearner
+from metarun.algos.base import MetaLearner, predict_with_adapted
 from metarun.config import ConfigError
 from metarun.types import Objective
 
@@ -144,9 +144,7 @@ def mamlpp(
         fast, _ = trajectory(meta, support_x, support_y, num_steps, None, first_order)
         return model_params(meta, fast, max(num_steps - 1, 0))
 
-    def predict(meta, adapted, query_x):
-        del meta
-        return apply_fn(adapted, query_x)
+    predict = predict_with_adapted(apply_fn)
 
     def task_loss(meta, episode, num_steps, step, first_order, per_step):
         fast, queries = trajectory(
