@@ -6,8 +6,10 @@ must be set before JAX starts: the comparison runs in a subprocess.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -63,6 +65,66 @@ def test_four_devices_give_the_losses_and_parameters_of_one(algo):
     assert out["4"]["losses"] == pytest.approx(out["1"]["losses"], rel=1e-5)
     for four, one in zip(out["4"]["params"], out["1"]["params"], strict=True):
         assert four == pytest.approx(one, rel=1e-4, abs=1e-6)
+
+
+CLI_RUN = [
+    "trainer.meta_batch=8",
+    "optim=sgd",
+    "optim.lr=0.01",
+    "model.hidden=[16]",
+    "trainer.steps=40",
+    "trainer.log_every=10",
+    "trainer.val_every=20",
+    "trainer.checkpoint_every=20",
+    "trainer.progress=false",
+    "eval.episodes=16",
+    "eval.val_episodes=8",
+    "eval.batch=8",
+]
+
+
+def test_the_cli_trains_validates_tests_and_resumes_on_four_devices(tmp_path, compile_once):
+    """The real entry point with its guards (transfer_guard, checkpoints, resume), as a
+    multi-GPU node runs it by default (trainer.devices=all): the step test above passed
+    while the CLI crashed on the first step."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", **compile_once}
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    metarun = str(Path(sys.executable).with_name("metarun"))
+
+    def run(run_dir: Path, *overrides: str) -> dict:
+        proc = subprocess.run(
+            [metarun, *CLI_RUN, *overrides, f"hydra.run.dir={run_dir}"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return json.loads((run_dir / "result.json").read_text())
+
+    four = run(tmp_path / "four")
+    log = (tmp_path / "four" / "cli.log").read_text()
+    assert "compiled in" in log and "for 4 device(s)" in log
+    records = [json.loads(x) for x in (tmp_path / "four/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [10, 20, 30, 40] and "val_mse" in records[1]
+
+    # Resumed on 4 devices from the checkpoint at step 20: the uninterrupted run's numbers.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "four", resumed)
+    shutil.rmtree(resumed / "checkpoints/state/40")
+    (resumed / "result.json").unlink()
+    again = run(resumed)
+    timing = {"prepare_sec", "compile_sec", "train_sec", "tasks_per_sec"}
+    assert {k: v for k, v in again.items() if k not in timing} == {
+        k: v for k, v in four.items() if k not in timing
+    }
+    assert "resuming from the checkpoint at step 20" in (resumed / "cli.log").read_text()
+
+    # One device of the same machine: the same run up to float summation order.
+    one = run(tmp_path / "one", "trainer.devices=1")
+    for key in ("mean", "pre_adaptation_mean", "best_val_mse"):
+        assert four[key] == pytest.approx(one[key], rel=1e-4), key
 
 
 def test_device_counts_that_cannot_work_are_named():

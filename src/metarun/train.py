@@ -244,6 +244,9 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
     init_key, train_key = rng_streams(config.seed)
     mesh = task_mesh(trainer.devices, trainer.meta_batch)
     state = replicate(init_state(exp, init_key), mesh)
+    # Every input of the compiled step lives on the mesh: the step runs under
+    # transfer_guard("disallow"), which refuses even a device-to-device copy of the key.
+    train_key = replicate(train_key, mesh)
     train_sampler = replicate(exp.source.samplers["train"], mesh)
     val_sampler = replicate(exp.source.samplers["val"], mesh)
     val_eval = make_evaluator(
