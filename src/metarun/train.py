@@ -283,6 +283,7 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
             like_best = state.meta_params if loop["best_value"] is not None else None
             state, best.params = checkpoints.arrays(first, state, like_best)
             best.step, best.value = loop["best_step"], loop["best_value"]
+            best.ci95 = loop.get("best_ci95")  # absent in checkpoints of earlier versions
             history, pending = loop["history"], pending_from_json(loop["pending"])
             skipped, train_sec = loop["skipped_steps"], loop["train_sec"]
             log.info("resuming from the checkpoint at step %d in %s", first, checkpoints.directory)
@@ -309,7 +310,7 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
                     if trainer.val_every and step % trainer.val_every == 0:
                         val = evaluate(val_eval, state.meta_params, val_sampler, val_keys, metric)
                         record.update({f"val_{metric}": val.mean, f"val_{metric}_ci95": val.ci95})
-                        best.offer(step, val.mean, state.meta_params)
+                        best.offer(step, val, state.meta_params)
                     tracker.log(record)
                     last_time = time.perf_counter()  # validation and logging are not training
                     history.append(record)
@@ -330,6 +331,7 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
                         "config": to_dict(config),  # what resume=auto compares with
                         "best_step": best.step,
                         "best_value": best.value,
+                        "best_ci95": best.ci95,
                         "history": history,
                         "pending": pending_to_json(pending),
                         "skipped_steps": skipped,
@@ -357,6 +359,14 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
     meta_params = best.params if validated else state.meta_params
     save_params(run_dir / BEST_PARAMS, meta_params)
     result = _meta_test(exp, meta_params, mesh)
+    # The validation figure of the tested parameters, what a sweep optimises (metarun.cli):
+    # the best one seen when validation ran, else a validation pass of the last parameters.
+    if validated:
+        val_mean, val_ci95 = best.value, best.ci95
+    else:
+        val = evaluate(val_eval, meta_params, val_sampler, val_keys, metric)
+        val_mean, val_ci95 = val.mean, val.ci95
+    result.update(val_mean=val_mean, val_ci95=val_ci95, val_episodes=eval_cfg.val_episodes)
     if exp.learner.report is not None:  # results of the learner's own (lstm_opt: baselines, plot)
         report_dir = run_dir if lead else None
         result.update(exp.learner.report(meta_params, exp.source, config, report_dir))
@@ -399,18 +409,21 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
 
 
 class _Best:
-    """The best validation score so far, its step, and a device copy of its meta-parameters."""
+    """The best validation score so far (its mean and 95% CI), its step, and a device copy of
+    its meta-parameters."""
 
     def __init__(self, maximize: bool):
-        self.maximize, self.step, self.value, self.params = maximize, 0, None, None
+        self.maximize, self.step, self.value, self.ci95, self.params = maximize, 0, None, None, None
 
-    def offer(self, step: int, value: float, params) -> None:
+    def offer(self, step: int, val, params) -> None:
+        value = val.mean
         if not np.isfinite(value):  # never "best": a NaN would also defeat every comparison
             return
         better = self.value is None or (value > self.value if self.maximize else value < self.value)
         if better:
             # A copy: the meta-step donates (reuses) the buffers of the state it is given.
-            self.step, self.value, self.params = step, value, jax.tree.map(jnp.copy, params)
+            self.step, self.value, self.ci95 = step, value, val.ci95
+            self.params = jax.tree.map(jnp.copy, params)
 
 
 def save_params(path: Path, meta_params) -> None:
