@@ -43,37 +43,78 @@ def alphabets_of(loaded, rows) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "split, order, own, held_out, counts",
+    "split, order, parts, counts",
     [
-        # small1: 136 characters, 20 of them (15%) for validation; test: the 106 characters of
-        # small2's own alphabets (Japanese 47, Sanskrit 42, Tagalog 17).
+        # small1's 5 alphabets train; 15% of them rounds to one, Greek (24 characters, seed 0),
+        # held out whole for validation; test: small2's own alphabets (Japanese 47, Sanskrit 42,
+        # Tagalog 17 characters). Greek and Latin are also in small2 but train here.
         (
             "minimal1",
             ("small1", "small2"),
-            SMALL1_ONLY | {"Greek", "Latin"},
-            SMALL2_ONLY,
-            (116, 20, 106),
+            {"train": SMALL1_ONLY | {"Latin"}, "val": {"Greek"}, "test": SMALL2_ONLY},
+            (112, 24, 106),
         ),
-        # small2: 156 characters, 23 for validation; test: Balinese 24, Early Aramaic 22, Korean 40.
+        # small2: validation on Latin (26); test: Balinese 24, Early Aramaic 22, Korean 40.
         (
             "minimal2",
             ("small2", "small1"),
-            SMALL2_ONLY | {"Greek", "Latin"},
-            SMALL1_ONLY,
-            (133, 23, 86),
+            {"train": SMALL2_ONLY | {"Greek"}, "val": {"Latin"}, "test": SMALL1_ONLY},
+            (130, 26, 86),
         ),
     ],
 )
-def test_minimal_splits_test_on_the_alphabets_the_training_split_lacks(
-    minimal, split, order, own, held_out, counts
+def test_minimal_splits_validate_and_test_on_alphabets_held_out_of_training(
+    minimal, split, order, parts, counts
 ):
     loaded = minimal[order]
     splits = omniglot.split_characters(loaded, data_config(split=split))
+    assert {s: alphabets_of(loaded, rows) for s, rows in splits.items()} == parts
     assert tuple(len(splits[s]) for s in ("train", "val", "test")) == counts
-    assert alphabets_of(loaded, splits["test"]) == held_out
-    assert alphabets_of(loaded, splits["train"]) | alphabets_of(loaded, splits["val"]) == own
     rows = [set(splits[s]) for s in ("train", "val", "test")]
     assert not (rows[0] & rows[1] or rows[0] & rows[2] or rows[1] & rows[2])
+    assert sum(counts) == len(loaded["characters"])
+    for seed in range(6):  # whichever alphabet a seed holds out, no alphabet crosses a part
+        other = omniglot.split_characters(loaded, data_config(split=split, split_seed=seed))
+        train, val, test = (alphabets_of(loaded, other[s]) for s in ("train", "val", "test"))
+        assert len(val) == 1 and not (train & val or train & test or val & test), seed
+        assert {"Greek", "Latin"} <= train | val
+
+
+def test_minimal_validation_serves_20_ways_and_names_the_key_when_it_cannot(minimal):
+    loaded = minimal[("small2", "small1")]
+    # Seed 1 holds out Tagalog, minimal2's smallest training alphabet: 17 characters.
+    tagalog = data_config(split="minimal2", split_seed=1, ways=20)
+    splits = omniglot.split_characters(loaded, tagalog)
+    assert alphabets_of(loaded, splits["val"]) == {"Tagalog"} and len(splits["val"]) == 17
+    with pytest.raises(
+        ConfigError,
+        match=r"data.val_fraction=0.15 is invalid: the validation split \(Tagalog\) has 17 "
+        r"classes, fewer than data.ways=20; hold out more with data.val_fraction or "
+        r"data.val_alphabets",
+    ):
+        omniglot.split_characters(
+            loaded, data_config(split="minimal2", split_seed=1, ways=20, rotations=False)
+        )
+    with pytest.raises(ConfigError, match=r"data.val_alphabets=\['Tagalog'\] is invalid: .* 17"):
+        omniglot.split_characters(
+            loaded,
+            data_config(split="minimal2", val_alphabets="[Tagalog]", ways=20, rotations=False),
+        )
+
+
+def test_listed_validation_alphabets_win_but_never_a_test_alphabet(minimal):
+    loaded = minimal[("small1", "small2")]
+    cfg = data_config(split="minimal1", val_alphabets="[Korean,Latin]")
+    splits = omniglot.split_characters(loaded, cfg)
+    assert alphabets_of(loaded, splits["val"]) == {"Korean", "Latin"}
+    assert alphabets_of(loaded, splits["train"]) == {"Balinese", "Early_Aramaic", "Greek"}
+    with pytest.raises(
+        ConfigError, match=r"data.val_alphabets=\['Sanskrit'\] is invalid: Sanskrit tested on"
+    ):
+        omniglot.split_characters(loaded, data_config(split="minimal1", val_alphabets="[Sanskrit]"))
+    every = "[Balinese,Early_Aramaic,Greek,Korean,Latin]"
+    with pytest.raises(ConfigError, match="leaves no alphabet to train on"):
+        omniglot.split_characters(loaded, data_config(split="minimal1", val_alphabets=every))
 
 
 def synthetic(alphabets_per_archive: dict[str, list[str]], per_alphabet: int = 10) -> dict:
@@ -105,6 +146,26 @@ def test_character_split_has_the_protonet_proportions_and_depends_on_its_seed_on
     assert omniglot.split_characters(FULL, cfg) == splits
     other = omniglot.split_characters(FULL, data_config(split="characters", split_seed=1))
     assert other["test"] != splits["test"]
+
+
+def test_character_split_validates_on_characters_of_the_training_alphabets():
+    """Unchanged by the alphabet-held-out validation of the other splits: the seeded shuffles
+    of all characters (test) and of the rest (validation), by hand."""
+    splits = omniglot.split_characters(FULL, data_config(split="characters", split_seed=3))
+    characters = FULL["characters"]
+    test_order = np.random.default_rng(3).permutation(len(characters))
+    test = {characters[i] for i in test_order[: round(423 / 1623 * len(characters))]}
+    rest = [c for c in characters if c not in test]
+    val_order = np.random.default_rng(4).permutation(len(rest))
+    val = {rest[i] for i in val_order[: round(0.15 * len(rest))]}
+    index = {c: i for i, c in enumerate(characters)}
+    assert splits == {
+        "train": [index[c] for c in rest if c not in val],
+        "val": [index[c] for c in rest if c in val],
+        "test": [index[c] for c in characters if c in test],
+    }
+    train, val_alphabets = (alphabets_of(FULL, splits[s]) for s in ("train", "val"))
+    assert len(val_alphabets) > 1 and val_alphabets <= train  # per character, not per alphabet
 
 
 def test_alphabet_split_tests_on_the_evaluation_archive_and_validates_on_whole_alphabets():
@@ -151,7 +212,16 @@ def test_episodes_the_split_cannot_serve_fail_when_the_source_is_built(minimal, 
     root = str(fixtures.OMNIGLOT_DIR)
     with pytest.raises(
         ConfigError,
-        match=r"data.ways=100 is invalid: the val split .* has 80 classes \(20 × 4 rotations\)",
+        match=r"data.train_ways=500 is invalid: the train split .* has 448 classes "
+        r"\(112 × 4 rotations\)",
+    ):
+        omniglot.make(
+            data_config(split="minimal1", root=root, ways=5, train_ways=500, cache_dir=tmp_path)
+        )
+    with pytest.raises(
+        ConfigError,
+        match=r"data.val_fraction=0.15 is invalid: the validation split \(Greek\) has 96 "
+        r"classes \(24 characters × 4 rotations\), fewer than data.ways=100",
     ):
         omniglot.make(data_config(split="minimal1", root=root, ways=100, cache_dir=tmp_path))
     with pytest.raises(ConfigError, match=r"data.train_shots \+ data.train_queries = 5 \+ 16"):
