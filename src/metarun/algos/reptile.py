@@ -1,17 +1,32 @@
 """Reptile: move the initialisation toward the weights that SGD finds on each task.
 
-    W_t = SGD on support_t from θ (``inner_steps`` steps of size α)
+    W_t = SGD from θ on D_t = support_t ∪ query_t (``inner_steps`` full-batch steps of size α)
     θ ← θ + ε (1/T Σ_t W_t − θ)
 
 The meta-update is written as a pseudo-gradient g = θ − 1/T Σ_t W_t handed to the
 outer optax optimizer: ``optim=sgd`` with ``lr=ε`` is the formula above; Adam on g
 is the variant the paper suggests ("treat θ − W as a gradient and plug it into
-Adam"). Differences from the authors' code: the inner loop is full-batch SGD on
-the support set (they use Adam on mini-batches), and the query set is used for
-monitoring only.
+Adam").
 
-Reference: Nichol, Achiam, Schulman. "On First-Order Meta-Learning Algorithms".
-2018. https://arxiv.org/abs/1803.02999
+Meta-training trains the inner loop on every labelled example of a training episode, its
+support and its query set together: ``data.train_shots + data.train_queries`` examples per
+class (``data.shots + data.queries`` when those are unset), the data the MAML family learns
+from in a meta-step (it adapts on the support set and differentiates the query loss). The
+authors' code does the same with more examples per class at training than at test
+(``--train-shots``, 10 in its Omniglot commands, against ``--shots`` 1 or 5). Evaluation
+adapts on the support set alone and predicts the query set, as for every learner. The
+training metrics (``loss``, ``accuracy``) are those of that evaluation, from a second
+adaptation on the support set alone: the weights W_t have trained on the queries, so their
+query loss would be a training loss. That adaptation costs ``shots / (shots + queries)`` of
+the first one.
+
+Difference from the authors' code: the inner loop is full-batch SGD on D_t, ``inner_steps``
+steps each on all of it (they use Adam on mini-batches of ``--inner-batch`` examples drawn
+from it, ``--inner-iters`` of them).
+
+Reference: Nichol, Achiam, Schulman. "On First-Order Meta-Learning Algorithms". 2018.
+https://arxiv.org/abs/1803.02999; code: https://github.com/openai/supervised-reptile
+(``--train-shots``).
 """
 
 from __future__ import annotations
@@ -27,11 +42,22 @@ from metarun.algos.base import (
     predict_with_adapted,
 )
 from metarun.config import ConfigError
-from metarun.types import Objective
+from metarun.types import Episode, Objective
 
 
 def reptile(apply_fn, objective: Objective, *, inner_lr: float) -> MetaLearner:
-    """Reptile; the meta-parameters are the model's initial parameters θ."""
+    """Reptile; the meta-parameters are the model's initial parameters θ.
+
+    Args:
+      apply_fn: the model, ``(params, x) -> predictions``.
+      objective: the task loss and metrics.
+      inner_lr: the inner step size α.
+
+    Returns:
+      A :class:`MetaLearner` whose ``adapt`` runs full-batch SGD on the set it is given (the
+      support set at evaluation) and whose ``outer_grad`` adapts on each training episode's
+      support and query sets together and returns θ − mean_t(W_t).
+    """
 
     def adapt(params, support_x, support_y, num_steps, ways=0):
         del ways  # the head has data.ways outputs
@@ -41,15 +67,21 @@ def reptile(apply_fn, objective: Objective, *, inner_lr: float) -> MetaLearner:
 
         return gradient_descent(support_loss, params, inner_lr, num_steps, first_order=True)
 
-    def outer_grad(params, episodes, num_steps, step):
+    def adapt_each(params, x, y, num_steps):
+        return jax.vmap(adapt, in_axes=(None, 0, 0, None))(params, x, y, num_steps)
+
+    def outer_grad(params, episodes: Episode, num_steps, step):
         del step
-        adapted = jax.vmap(adapt, in_axes=(None, 0, 0, None))(
-            params, episodes.support_x, episodes.support_y, num_steps
-        )
+        # D_t: the support and query sets of each task, one full batch (axis 0 is the task).
+        train_x = jnp.concatenate([episodes.support_x, episodes.query_x], axis=1)
+        train_y = jnp.concatenate([episodes.support_y, episodes.query_y], axis=1)
+        adapted = adapt_each(params, train_x, train_y, num_steps)
         mean_adapted = jax.tree.map(lambda w: jnp.mean(w, axis=0), adapted)
         pseudo_grad = jax.tree.map(jnp.subtract, params, mean_adapted)
+        # The evaluation's metrics: adapted on the support set alone, scored on the queries.
+        on_support = adapt_each(params, episodes.support_x, episodes.support_y, num_steps)
         query_metrics = jax.vmap(lambda w, x, y: objective.metrics(apply_fn(w, x), y))(
-            adapted, episodes.query_x, episodes.query_y
+            on_support, episodes.query_x, episodes.query_y
         )
         return pseudo_grad, jax.tree.map(jnp.mean, query_metrics)
 
