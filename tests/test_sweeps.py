@@ -18,6 +18,7 @@ from omegaconf import OmegaConf, open_dict
 
 from metarun.config import ConfigError, conf_dir, register_configs, validate
 from metarun.sweep import check_direction
+from tests.conftest import FAST
 
 METARUN = str(Path(sys.executable).with_name("metarun"))
 
@@ -64,8 +65,8 @@ def search_space(sweeper) -> dict[str, tuple[float, float]]:
     return space
 
 
-def trials(sweep_dir: Path) -> list[tuple[dict[str, float], float]]:
-    """(the swept values, the result's mean) of every trial dir."""
+def trials(sweep_dir: Path) -> list[tuple[dict[str, float], float, float]]:
+    """(the swept values, the validation figure, the test mean) of every trial dir."""
     rows = []
     for result in sorted(sweep_dir.glob("*/result.json")):
         overrides = yaml.safe_load((result.parent / ".hydra/overrides.yaml").read_text())
@@ -77,7 +78,8 @@ def trials(sweep_dir: Path) -> list[tuple[dict[str, float], float]]:
             "algo.inner_lr": config["algo"]["inner_lr"],
             "optim.lr": config["optim"]["lr"],
         }
-        rows.append((params, json.loads(result.read_text())["mean"]))
+        figures = json.loads(result.read_text())
+        rows.append((params, figures["val_mean"], figures["mean"]))
     return rows
 
 
@@ -135,33 +137,43 @@ def test_optuna_sweep_writes_the_best_of_its_trials(tmp_path):
     assert len(rows) == 3 and len({r[1] for r in rows}) == 3  # three different trials
     _, sweeper = compose_with_hydra("+sweep=maml_lr")
     space = search_space(sweeper)
-    for params, _ in rows:
+    for params, _, _ in rows:
         assert all(space[k][0] <= v <= space[k][1] for k, v in params.items()), params
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert best["name"] == "optuna"
-    assert best["best_value"] == pytest.approx(min(mean for _, mean in rows), rel=1e-12)
+    # The lowest validation mse (trainer.val_every=0: a validation pass after training).
+    assert best["best_value"] == pytest.approx(min(val for _, val, _ in rows), rel=1e-12)
     best_params = min(rows, key=lambda r: r[1])[0]
     assert best["best_params"] == pytest.approx(best_params, rel=1e-12)
 
 
-def test_optuna_study_kept_in_sqlite_in_the_sweep_dir(tmp_path):
+def test_the_sweeper_selects_on_validation_never_on_test(tmp_path):
+    """Each trial hands Optuna its run's validation figure (validation on, as in a real sweep:
+    the best validation step's), not the test mean, which only the report shows. The study
+    is kept in sqlite in the sweep dir, where every trial's value can be read back."""
     sweep_dir = tmp_path / "sweep"  # does not exist yet: the SweepDir callback makes it
     proc = run(
         "-m",
         "+sweep=maml_lr",
-        "hydra.sweeper.n_trials=1",
-        *TINY,
+        "hydra.sweeper.n_trials=2",
+        *FAST,
         f"hydra.sweep.dir={sweep_dir}",
         "hydra.sweeper.storage=sqlite:///${hydra.sweep.dir}/optuna.db",
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
+    rows = trials(sweep_dir)
+    assert len(rows) == 2
+    assert all(val != test for _, val, test in rows)  # the figures tell the two apart
     study = optuna.load_study(study_name="maml_lr", storage=f"sqlite:///{sweep_dir}/optuna.db")
-    [(params, mean)] = trials(sweep_dir)
-    [trial] = study.trials
-    assert trial.state == optuna.trial.TrialState.COMPLETE
-    assert trial.value == pytest.approx(mean, rel=1e-12)
-    assert trial.params == pytest.approx(params, rel=1e-12)
+    assert len(study.trials) == 2
+    for trial in study.trials:
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        [(val, test)] = [(v, t) for p, v, t in rows if p == pytest.approx(trial.params, rel=1e-12)]
+        assert trial.value == pytest.approx(val, rel=1e-12) and trial.value != test
+    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(min(val for _, val, _ in rows), rel=1e-12)
+    assert best["best_value"] not in [test for _, _, test in rows]
 
 
 def test_submitit_local_launcher_runs_both_jobs(tmp_path):

@@ -1,7 +1,8 @@
 """The ``metarun`` command: Hydra composes ``conf/``, then :func:`metarun.train.train` runs.
 
-The Hydra wrapper stays thin so that ``train(config, run_dir)`` is testable; it
-returns the final test metric so sweepers can optimise it.
+The Hydra wrapper stays thin so that ``train(config, run_dir)`` is testable; it returns
+the validation metric of the tested meta-parameters, which sweepers optimise. The test split
+is for reporting only: a sweep that selected on it would report a tuned, optimistic figure.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def _run(cfg: DictConfig) -> float:
         refuse(err)
     finally:
         release()
-    return result["mean"]
+    # Validation, never the test figure (result["mean"]): Optuna selects on what this returns.
+    return result["val_mean"]
 
 
 def refuse(err: Exception) -> None:

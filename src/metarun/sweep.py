@@ -1,7 +1,9 @@
 """Hyper-parameter sweeps (``conf/sweep/``): what they need beyond Hydra's Optuna plugin.
 
 A sweep config picks ``hydra/sweeper=optuna``, a search space and a direction; every trial is
-an ordinary run whose return value, the final test metric, Optuna optimises. Two guards:
+an ordinary run whose return value Optuna optimises: the validation metric of the
+meta-parameters the run tested (``val_mean`` in ``result.json``). The test split is left for
+reporting, so the chosen trial's test figure is not tuned on. Two guards:
 
 - :class:`SweepDir` creates the sweep dir when a multirun starts, so that a study kept in
   ``sqlite:///${hydra.sweep.dir}/optuna.db`` can open its file (the launchers create the
