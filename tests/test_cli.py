@@ -49,7 +49,10 @@ def test_multirun_sweeps_algorithms_and_shots(tmp_path):
         ("reptile", ["algo=reptile", "data.shots=10"]),
     ]
     table = markdown(rows)
-    assert table.count("\n") == 5 and table.count("| mse |") == 4
+    assert table.count("\n") == 5
+    assert "| validation mse ± 95% CI | test mse ± 95% CI |" in table.splitlines()[0]
+    for r in rows:  # each run's validation figure, then its test figure
+        assert f" | {r['val_mean']:.4f} ± {r['val_ci95']:.4f} | {r['mean']:.4f} ± " in table
 
     # The report's CSV and figures; a job that failed is listed with its error, and a
     # tracker's copy of result.json (MLflow's artifacts) is not a run.
@@ -66,7 +69,13 @@ def test_multirun_sweeps_algorithms_and_shots(tmp_path):
     assert [r["status"] for r in saved] == ["finished"] * 4 + [
         "failed: " + "FloatingPointError: non-finite loss"
     ]
-    assert float(saved[0]["mean"]) == rows[0]["mean"]
+    # Ranked by validation mse, lowest first; each row keeps its run's figures.
+    by_run = {r["run"]: r for r in rows}
+    val_means = [float(r["val_mean"]) for r in saved[:4]]
+    assert val_means == sorted(val_means)
+    for r in saved[:4]:
+        assert float(r["val_mean"]) == by_run[r["run"]]["val_mean"]
+        assert float(r["mean"]) == by_run[r["run"]]["mean"]
     figures = sorted(p.name for p in (tmp_path / "sweep" / "report").iterdir())
     assert figures == ["algo.png", "data.shots.png", "learning_curves.png"]
 

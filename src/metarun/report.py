@@ -1,11 +1,15 @@
 """``metarun-report DIR``: one table of every run under DIR, and plots comparing them.
 
 Each row is a run dir (one holding ``result.json``, or a Hydra job dir without one: a job
-that failed or has not finished): the command-line overrides Hydra saved for it, then its
-final test metric with the 95% confidence interval. Point it at a multirun dir to tabulate
-a sweep, or at ``outputs/`` for all runs. ``--csv`` writes the table as CSV too; the plots
-(``--plots``, default ``DIR/report``) are every run's learning curves on one figure and,
-for each swept parameter, the test metric against its values.
+that failed or has not finished): the command-line overrides Hydra saved for it, its
+validation metric (``val_mean``: the validation figure of the meta-parameters it tested, what
+a sweep selects on) and its test metric (``mean``: for reporting only), each with its 95%
+confidence interval. Rows are ranked by validation, best first; runs without a validation
+figure follow, then failed and unfinished ones. Runs that differ only in ``seed`` get a
+second table: their mean over seeds with a t-interval across seeds. Point it at a multirun
+dir to tabulate a sweep, or at ``outputs/`` for all runs. ``--csv`` writes the first table
+as CSV too; the plots (``--plots``, default ``DIR/report``) are every run's learning curves
+on one figure and, for each swept parameter, the test metric against its values.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 from pathlib import Path
 
 import yaml
@@ -59,11 +64,54 @@ def _failure(run_dir: Path) -> str:
     return "unfinished"
 
 
+# The metrics where higher is better (metarun.types.CLASSIFICATION); mse and the quadratics'
+# loss go down. result.json names its metric but not its direction.
+MAXIMIZE = frozenset({"accuracy"})
+
+
+def _validation(r: dict) -> float | None:
+    """The row's validation figure, or None (a result.json written before there was one)."""
+    value = r.get("val_mean")
+    return value if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def rank(rows: list[dict]) -> list[dict]:
+    """Finished rows best on validation first (higher accuracy, lower mse), then finished rows
+    without a validation figure, then failed and unfinished ones; ties keep their order."""
+
+    def key(r: dict) -> tuple:
+        if "mean" not in r:
+            return (2, "", 0.0)
+        value = _validation(r)
+        if value is None:
+            return (1, "", 0.0)
+        return (0, r["metric"], -value if r["metric"] in MAXIMIZE else value)
+
+    return sorted(rows, key=key)
+
+
+def _metric(rows: list[dict]) -> str | None:
+    """The metric of every finished row, or None when they differ (``outputs/`` of all runs)."""
+    metrics = {r["metric"] for r in rows if "mean" in r}
+    return metrics.pop() if len(metrics) == 1 else None
+
+
+def _interval(mean: float | None, ci95: float | None, metric: str | None) -> str:
+    """``mean ± ci95``, the metric named when the column's header cannot name it."""
+    if mean is None:
+        return "–"
+    return f"{mean:.4f} ± {ci95:.4f}" + (f" {metric}" if metric else "")
+
+
 def markdown(rows: list[dict]) -> str:
+    """The runs' table, in the order given (:func:`rank` first for the report's order)."""
+    metric = _metric(rows)
+    name = metric or "metric"
     lines = [
-        "| run | overrides | algo | data | test metric | mean ± 95% CI | before adaptation "
-        "| episodes | test inner steps | train (s) | tasks/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| run | overrides | algo | data | validation {name} ± 95% CI | test {name} ± 95% CI "
+        "| test before adaptation | validation episodes | test episodes | test inner steps "
+        "| train (s) | tasks/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "mean" not in r:
@@ -71,18 +119,101 @@ def markdown(rows: list[dict]) -> str:
             continue
         pre = r.get("pre_adaptation_mean")
         speed = r.get("tasks_per_sec") or float("nan")
+        label = None if metric else r["metric"]
+        validation = _interval(_validation(r), r.get("val_ci95"), label)
         lines.append(
             f"| {r['run']} | {r['overrides'] or '(defaults)'} | {r.get('algo', '')} "
-            f"| {r.get('data', '')} | {r['metric']} | {r['mean']:.4f} ± {r['ci95']:.4f} "
-            f"| {'' if pre is None else f'{pre:.4f}'} | {r['episodes']} | {r['inner_steps']} "
+            f"| {r.get('data', '')} | {validation} | {_interval(r['mean'], r['ci95'], label)} "
+            f"| {'' if pre is None else f'{pre:.4f}'} | {r.get('val_episodes', '–')} "
+            f"| {r['episodes']} | {r['inner_steps']} "
             f"| {r.get('train_sec', float('nan')):.0f} | {speed:.{1 if speed < 100 else 0}f} |"
         )
     return "\n".join(lines)
 
 
+def t_interval(values: list[float]) -> float:
+    """Half-width of the 95% interval of the mean of ``values``, which vary between seeds:
+    t_{0.975, n-1} · sd / √n, with the sample standard deviation (ddof=1)."""
+    from scipy import stats
+
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+
+
+def _seed(r: dict) -> int | None:
+    """The run's seed: result.json's, else its ``seed=`` override."""
+    if r.get("seed") is not None:
+        return int(r["seed"])
+    for override in r["overrides"].split():
+        if override.startswith("seed="):
+            return int(override.partition("=")[2])
+    return None
+
+
+def seed_groups(rows: list[dict]) -> list[dict]:
+    """The finished runs that differ only in their ``seed`` override, one dict per group of two
+    seeds or more: ``overrides`` (without seed), ``metric``, ``seeds``, the mean over seeds of
+    the validation (``val_mean``, ``val_ci95``) and test (``mean``, ``ci95``) figures with
+    the 95% t-interval across seeds, and ``within_ci95``, the mean of the runs' own test
+    CIs. A run without a seed override counts as its default seed; a run that repeats a seed
+    counts once. The validation figures are None unless every run has one. Ranked as the
+    runs are (:func:`rank`)."""
+    by_setting: dict[tuple, dict[int, dict]] = {}
+    for r in sorted((r for r in rows if "mean" in r), key=lambda r: _natural(Path(r["run"]))):
+        seed = _seed(r)
+        if seed is None:
+            continue
+        rest = [o for o in r["overrides"].split() if not o.startswith("seed=")]
+        runs = by_setting.setdefault((r["metric"], *sorted(rest)), {})
+        runs.setdefault(seed, {**r, "overrides": " ".join(rest)})
+    groups = []
+    for runs in by_setting.values():
+        if len(runs) < 2:
+            continue
+        first = next(iter(runs.values()))
+        tests = [r["mean"] for r in runs.values()]
+        vals = [_validation(r) for r in runs.values()]
+        full = None not in vals
+        groups.append(
+            {
+                "overrides": first["overrides"],
+                "metric": first["metric"],
+                "seeds": sorted(runs),
+                "val_mean": sum(vals) / len(vals) if full else None,
+                "val_ci95": t_interval(vals) if full else None,
+                "mean": sum(tests) / len(tests),
+                "ci95": t_interval(tests),
+                "within_ci95": sum(r["ci95"] for r in runs.values()) / len(runs),
+            }
+        )
+    return rank(groups)
+
+
+def seed_markdown(groups: list[dict]) -> str:
+    """The table of :func:`seed_groups`."""
+    metric = _metric(groups)
+    name = metric or "metric"
+    lines = [
+        f"| overrides (all but seed) | seeds | validation {name}, mean over seeds ± 95% CI "
+        f"| test {name}, mean over seeds ± 95% CI | test 95% CI within a run (mean) |",
+        "|---|---|---|---|---|",
+    ]
+    for g in groups:
+        label = None if metric else g["metric"]
+        seeds = ",".join(map(str, g["seeds"]))
+        lines.append(
+            f"| {g['overrides'] or '(defaults)'} | {len(g['seeds'])} ({seeds}) "
+            f"| {_interval(g['val_mean'], g['val_ci95'], label)} "
+            f"| {_interval(g['mean'], g['ci95'], label)} | {g['within_ci95']:.4f} |"
+        )
+    return "\n".join(lines)
+
+
 CSV_COLUMNS = (
-    "run overrides status algo data metric mean ci95 pre_adaptation_mean episodes inner_steps "
-    "best_step train_sec tasks_per_sec"
+    "run overrides status algo data metric seed val_mean val_ci95 val_episodes mean ci95 "
+    "pre_adaptation_mean episodes inner_steps best_step train_sec tasks_per_sec"
 ).split()
 
 
@@ -129,7 +260,8 @@ def plot(rows: list[dict], root: Path, out: Path) -> list[Path]:
         if val:
             axes[1].plot(*zip(*val, strict=True), marker="o", label=label)
     axes[0].set(xlabel="meta-training step", ylabel="query loss (train tasks)", yscale="log")
-    axes[1].set(xlabel="meta-training step", ylabel="validation metric")
+    name = _metric(finished) or "metric"
+    axes[1].set(xlabel="meta-training step", ylabel=f"validation {name}")
     axes[0].legend(fontsize=6)
     fig.tight_layout()
     written.append(out / "learning_curves.png")
@@ -154,7 +286,7 @@ def plot(rows: list[dict], root: Path, out: Path) -> list[Path]:
             ax.errorbar(xs, means, yerr=cis, marker="o", ls=style, capsize=3, label=rest or None)
         if not numeric:
             ax.set_xticks(range(len(values)), values)
-        ax.set(xlabel=key, ylabel=f"test {finished[0]['metric']} (95% CI)")
+        ax.set(xlabel=key, ylabel=f"test {name} ± 95% CI")
         if any(series):
             ax.legend(fontsize=6)
         fig.tight_layout()
@@ -179,10 +311,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plots", type=Path, help="folder for the figures (ROOT/report)")
     parser.add_argument("--no-plots", action="store_true", help="the table only")
     args = parser.parse_args(argv)
-    rows = collect(args.root)
+    rows = rank(collect(args.root))
     if not rows:
         parser.exit(1, f"metarun-report: no runs under {args.root}\n")
     print(markdown(rows))
+    groups = seed_groups(rows)
+    if groups:
+        print("\nRuns that differ only in seed: mean over seeds ± 95% t-interval across seeds\n")
+        print(seed_markdown(groups))
     if args.csv:
         write_csv(rows, args.csv)
     if not args.no_plots and any("mean" in r for r in rows):
