@@ -24,12 +24,12 @@ def tiny_mlp_params(key, dtype=jnp.float32, width: int = 4):
     }
 
 
-def tiny_mlp_apply(params, x):
+def tiny_mlp_apply(params, x, context=None):
     h = jnp.tanh(x @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"])
     return h @ params["head"]["kernel"] + params["head"]["bias"]
 
 
-def tanh_embed(params, x):
+def tanh_embed(params, x, context=None):
     """A one-layer encoder for the sequence learners' tests: ``tanh(x @ params["w"])``."""
     return jnp.tanh(x @ params["w"])
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metarun.evaluate import confidence_interval, episode_keys
+from metarun.evaluate import EvalResult, confidence_interval, episode_keys
 from metarun.train import _Best, train
 
 
@@ -78,8 +78,10 @@ def test_image_split_is_an_input_of_the_meta_step_not_a_constant(make_config):
     sampler = make_sampler(images, ways=5, shots=1, queries=3)
     source = TaskSource({"train": sampler}, CLASSIFICATION, output_dim=5)
     model = MLP(hidden=(16,), output_dim=5)
-    learner = maml(lambda p, x: model.apply({"params": p}, x), CLASSIFICATION.loss, inner_lr=0.1)
-    exp = Experiment(config, source, model, learner, optax.adam(1e-3), prepare_sec=0.0)
+    learner = maml(
+        lambda p, x, context=None: model.apply({"params": p}, x), CLASSIFICATION.loss, inner_lr=0.1
+    )
+    exp = Experiment(config, source, model, learner, optax.adam(1e-3), 0.0, learner)
     init_key, train_key = rng_streams(0)
     state = init_state(exp, init_key)
 
@@ -102,19 +104,24 @@ def test_the_best_validation_step_is_kept(maximize, scores, best_step):
     best = _Best(maximize)
     for step, score in enumerate(scores, start=1):
         params = {"w": jnp.full((2,), float(step))}
-        best.offer(step, score, params)
+        best.offer(step, EvalResult(score, 0.01 * step, None), params)
     assert best.step == best_step and best.value == scores[best_step - 1]
+    assert best.ci95 == 0.01 * best_step
     np.testing.assert_array_equal(best.params["w"], [best_step, best_step])
 
 
 def test_a_host_transfer_inside_a_training_step_is_an_error(make_config, tmp_path, monkeypatch):
-    # The loop runs each step under jax.transfer_guard("disallow"): a training key left on
-    # the host (numpy) would be copied to the device every step, and must fail instead.
+    # The loop runs each step under jax.transfer_guard("disallow"): an input left on the
+    # host (here the training key, as numpy) would be copied to the device every step, and
+    # must fail instead.
     import metarun.train as train_module
 
-    real = train_module.rng_streams
-    monkeypatch.setattr(
-        train_module, "rng_streams", lambda seed: tuple(np.asarray(k) for k in real(seed))
-    )
+    real = train_module.compile_meta_step
+
+    def with_a_host_key(*args, **kwargs):
+        step, seconds = real(*args, **kwargs)
+        return lambda state, key, sample: step(state, np.asarray(key), sample), seconds
+
+    monkeypatch.setattr(train_module, "compile_meta_step", with_a_host_key)
     with pytest.raises(Exception, match="host-to-device transfer"):
         train(make_config(), tmp_path)

@@ -86,9 +86,9 @@ def load(run_dir: str | os.PathLike) -> Learner:
     config = _config(run_dir / CONFIG)
     spec = data.spec(config.data)
     model = models.make(config.model, spec.output_dim)
-    learner = algos.make(
-        config.algo, models.network(model, config.trainer.precision), spec.objective
-    )
+    from metarun.train import make_learners
+
+    learner = make_learners(config, model, spec.objective)[1]  # the evaluation one
     like = _meta_params_like(model, learner, spec)
     return Learner(config, spec, model, learner, _restore(run_dir / BEST_PARAMS, like))
 

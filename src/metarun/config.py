@@ -414,6 +414,8 @@ class MLPConfig:
 
 # How Conv-4 and ResNet-12 compute their convolutions (models/conv4.py: resolve_conv).
 CONV_IMPLS = ("auto", "xla", "im2col")
+# Their BatchNorm modes (models/conv4.py: BatchStatNorm).
+BN_MODES = ("transductive", "support", "task_norm", "running")
 
 
 @dataclass
@@ -424,10 +426,12 @@ class Conv4Config:
     filters: int = 64  # 64 on Omniglot, 32 on mini-ImageNet (MAML)
     strided: bool = False  # MAML's Omniglot variant: stride-2 convolutions, no max-pool
     conv: str = "auto"  # auto: im2col on CPU/GPU, XLA's convolution on TPU (same result)
+    bn_mode: str = "transductive"  # how BatchNorm normalises a query set: BN_MODES
 
     def __post_init__(self) -> None:
         _check(self.filters >= 1, "model.filters", self.filters, "must be >= 1")
         _check_choice("model.conv", self.conv, CONV_IMPLS)
+        _check_choice("model.bn_mode", self.bn_mode, BN_MODES)
 
 
 @dataclass
@@ -437,6 +441,7 @@ class ResNet12Config:
     name: str = "resnet12"
     channels: list[int] = field(default_factory=lambda: [64, 160, 320, 640])  # MetaOptNet
     conv: str = "auto"  # auto: im2col on CPU/GPU, XLA's convolution on TPU (same result)
+    bn_mode: str = "transductive"  # how BatchNorm normalises a query set: BN_MODES
 
     def __post_init__(self) -> None:
         _check(
@@ -446,6 +451,7 @@ class ResNet12Config:
             "must be a non-empty list of widths >= 1",
         )
         _check_choice("model.conv", self.conv, CONV_IMPLS)
+        _check_choice("model.bn_mode", self.bn_mode, BN_MODES)
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd")

@@ -38,6 +38,7 @@ from metarun.config import Config, ConfigError, to_dict
 from metarun.distributed import is_lead
 from metarun.evaluate import episode_keys, evaluate, make_evaluator
 from metarun.logger.jsonl import truncate
+from metarun.models.conv4 import RUNNING_MOMENTUM
 from metarun.types import PRNGKey, TaskSource
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,12 @@ class TrainState(NamedTuple):
 
 
 class Experiment(NamedTuple):
-    """What a config builds: the task source, model, meta-learner and outer optimizer."""
+    """What a config builds: the task source, model, meta-learner and outer optimizer.
+
+    ``eval_learner`` is the learner of validation, the meta-test and ``metarun.load``: the
+    same as ``learner`` except with ``model.bn_mode=running`` (BatchNorm normalises with the
+    running averages there, with the batch's statistics in meta-training).
+    """
 
     config: Config
     source: TaskSource
@@ -62,6 +68,7 @@ class Experiment(NamedTuple):
     learner: MetaLearner
     optimizer: optax.GradientTransformation
     prepare_sec: float  # loading the data and putting it on the device
+    eval_learner: MetaLearner
 
 
 # ---------------------------------------------------------------- Build ----
@@ -72,8 +79,7 @@ def build(config: Config) -> Experiment:
     source = jax.block_until_ready(data.make(config.data))
     prepare_sec = time.perf_counter() - start
     model = models.make(config.model, source.output_dim)
-    net = models.network(model, config.trainer.precision)
-    learner = algos.make(config.algo, net, source.objective)
+    learner, eval_learner = make_learners(config, model, source.objective)
     train_ways = getattr(config.data, "train_ways", None)
     if train_ways not in (None, source.output_dim) and not learner.any_ways:
         raise ConfigError(
@@ -82,7 +88,25 @@ def build(config: Config) -> Experiment:
             "classes, or use a metric-based learner (protonet, matchingnet, relationnet, siamese)"
         )
     optimizer = optim.make(config.optim, config.trainer.steps)
-    return Experiment(config, source, model, learner, optimizer, prepare_sec)
+    return Experiment(config, source, model, learner, optimizer, prepare_sec, eval_learner)
+
+
+def make_learners(config: Config, model: nn.Module, objective) -> tuple[MetaLearner, MetaLearner]:
+    """The meta-training learner and the evaluation one (:class:`Experiment`), refusing a
+    ``model.bn_mode`` that the algorithm cannot honour."""
+    learner = algos.make(config.algo, models.network(model, config.trainer.precision), objective)
+    mode = models.bn_mode(model)
+    if mode not in learner.bn_modes:
+        raise ConfigError(
+            f"model.bn_mode={mode} is invalid with algo={config.algo.name}"
+            f"{' and algo.per_step_bn=true' if getattr(config.algo, 'per_step_bn', False) else ''}"
+            f": it honours {', '.join(learner.bn_modes)}; every mode works with maml, fomaml, "
+            "metasgd, anil, reptile, protonet, matchingnet and siamese"
+        )
+    if mode != "running":
+        return learner, learner
+    evaluation = models.network(model, config.trainer.precision, training=False)
+    return learner, algos.make(config.algo, evaluation, objective)
 
 
 def rng_streams(seed: int) -> tuple[PRNGKey, PRNGKey]:
@@ -144,6 +168,7 @@ def make_meta_step(exp: Experiment, mesh: Mesh | None = None):
     meta_batch = exp.config.trainer.meta_batch
     inner_steps = algos.inner_steps(exp.config.algo)
     skip_nan = exp.config.trainer.nan_policy == "skip"
+    running = models.bn_mode(exp.model) == "running"
 
     def meta_step(state: TrainState, train_key: PRNGKey, sample):
         key = jax.random.fold_in(train_key, state.step)
@@ -156,6 +181,8 @@ def make_meta_step(exp: Experiment, mesh: Mesh | None = None):
         )
         updates, opt_state = exp.optimizer.update(grads, state.opt_state, state.meta_params)
         meta_params = optax.apply_updates(state.meta_params, updates)
+        if running:  # BatchNorm's averages: this meta-batch's statistics, never a gradient
+            meta_params = _update_running_stats(exp, state.meta_params, meta_params, episodes)
         metrics["grad_norm"] = optax.tree.norm(grads)
         if skip_nan:
             # A select, not a branch on the host: no device->host sync. The step still counts,
@@ -170,6 +197,16 @@ def make_meta_step(exp: Experiment, mesh: Mesh | None = None):
         return TrainState(state.step + 1, meta_params, opt_state), metrics
 
     return meta_step
+
+
+def _update_running_stats(exp: Experiment, before, after, episodes):
+    """``after`` (the updated meta-parameters) with BatchNorm's running averages moved towards
+    the statistics of the meta-batch's images under ``before`` (the ones differentiated)."""
+    key = exp.learner.encoder_key
+    images = jnp.concatenate([episodes.support_x, episodes.query_x], axis=1)
+    old, new = (before, after) if key is None else (before[key], after[key])
+    updated = models.update_running_stats(exp.model, old, images, RUNNING_MOMENTUM, into=new)
+    return updated if key is None else {**after, key: updated}
 
 
 def compile_meta_step(
@@ -250,7 +287,7 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
     train_sampler = replicate(exp.source.samplers["train"], mesh)
     val_sampler = replicate(exp.source.samplers["val"], mesh)
     val_eval = make_evaluator(
-        exp.learner, objective, inner_steps=algos.eval_steps(config), batch=eval_cfg.batch
+        exp.eval_learner, objective, inner_steps=algos.eval_steps(config), batch=eval_cfg.batch
     )
     val_keys = episode_keys(eval_cfg.seed, "val", eval_cfg.val_episodes)
     metric = objective.metric
@@ -369,7 +406,7 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
     result.update(val_mean=val_mean, val_ci95=val_ci95, val_episodes=eval_cfg.val_episodes)
     if exp.learner.report is not None:  # results of the learner's own (lstm_opt: baselines, plot)
         report_dir = run_dir if lead else None
-        result.update(exp.learner.report(meta_params, exp.source, config, report_dir))
+        result.update(exp.eval_learner.report(meta_params, exp.source, config, report_dir))
     result.update(
         best_step=best.step if validated else trainer.steps,
         **({f"best_val_{metric}": best.value} if validated else {}),
@@ -450,11 +487,16 @@ def _meta_test(exp: Experiment, meta_params, mesh: Mesh) -> dict[str, Any]:
         runs.append((0, "pre_adaptation_"))
     for num_steps, prefix in runs:
         evaluator = make_evaluator(
-            exp.learner, objective, inner_steps=num_steps, batch=eval_cfg.batch
+            exp.eval_learner, objective, inner_steps=num_steps, batch=eval_cfg.batch
         )
         outcome = evaluate(evaluator, meta_params, test_sampler, keys, objective.metric)
         result[f"{prefix}mean"], result[f"{prefix}ci95"] = outcome.mean, outcome.ci95
-    result.update(episodes=eval_cfg.episodes, inner_steps=steps, split="test")
+    result.update(
+        episodes=eval_cfg.episodes,
+        inner_steps=steps,
+        split="test",
+        bn_mode=models.bn_mode(exp.model),
+    )
     return result
 
 
@@ -465,5 +507,5 @@ def _plot(exp: Experiment, meta_params, history: list[dict], run_dir: Path) -> N
         plot_learning_curves(history, exp.source.objective.metric, run_dir / "learning_curves.png")
     if exp.source.plot is not None:
         exp.source.plot(
-            exp.learner, meta_params, algos.eval_steps(exp.config), run_dir / "adaptation.png"
+            exp.eval_learner, meta_params, algos.eval_steps(exp.config), run_dir / "adaptation.png"
         )

@@ -34,7 +34,7 @@ def normed_params(key):
     return params
 
 
-def normed_apply(params, x):
+def normed_apply(params, x, context=None):
     h = jnp.tanh(x @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"])
     h = h * params["norm"]["scale"] + params["norm"]["bias"]
     return h @ params["head"]["kernel"] + params["head"]["bias"]
@@ -109,7 +109,7 @@ def test_per_step_bn_meta_learns_batchnorm_without_adapting_it(setting):
     e = task(episodes, 0)
     frozen = {k: v for k, v in params.items() if k != "norm"}
     expected = maml(
-        lambda p, x: normed_apply({**p, "norm": params["norm"]}, x), mse, inner_lr=0.1
+        lambda p, x, context=None: normed_apply({**p, "norm": params["norm"]}, x), mse, inner_lr=0.1
     ).adapt(frozen, e.support_x, e.support_y, 3)
     plus = learner(per_step_bn=True)
     adapted = plus.adapt(plus.init(params), e.support_x, e.support_y, 3)

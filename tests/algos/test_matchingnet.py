@@ -16,7 +16,7 @@ QUERY_X = RNG.normal(size=(5, 4))
 W = RNG.normal(size=(4, 3))
 
 
-def embed(params, x):
+def embed(params, x, context=None):
     return x @ params["w"]
 
 

@@ -105,7 +105,7 @@ def test_permuting_the_coordinates_permutes_the_adaptation():
     k_w, k_x, k_y, k_init = jax.random.split(jax.random.PRNGKey(3), 4)
     w = jax.random.normal(k_w, (7,))
     x, y = jax.random.normal(k_x, (5, 7)), jax.random.normal(k_y, (5, 7))
-    learner = meta_lstm(lambda p, x: x * p["w"], mse, inner_lr=0.3, weight_init=0.5)
+    learner = meta_lstm(lambda p, x, context=None: x * p["w"], mse, inner_lr=0.3, weight_init=0.5)
     meta = learner.init({"w": w}, k_init)
     order = np.array([3, 6, 0, 5, 1, 4, 2])
     adapted = learner.adapt(meta, x, y, 3)["w"]

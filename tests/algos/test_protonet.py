@@ -17,7 +17,7 @@ QUERY_X = RNG.normal(size=(5, 4))
 W = RNG.normal(size=(4, 3))
 
 
-def embed(params, x):
+def embed(params, x, context=None):
     """A linear encoder: enough to check what the learner does with the embeddings."""
     return x @ params["w"]
 

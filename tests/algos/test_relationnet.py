@@ -24,7 +24,7 @@ def x64():
         yield
 
 
-def toy_maps(params, x):
+def toy_maps(params, x, context=None):
     """A stand-in for Conv-4's ``feature_maps``: a per-channel scale and tanh."""
     return jnp.tanh(x * params["w"])
 

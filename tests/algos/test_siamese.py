@@ -23,7 +23,7 @@ def x64():
         yield
 
 
-def toy_embed(params, x):
+def toy_embed(params, x, context=None):
     """A stand-in for Conv-4's ``embed``: one tanh layer on the flattened input."""
     return jnp.tanh(x.reshape(x.shape[0], -1) @ params["w"])
 

@@ -53,7 +53,7 @@ def train_wide_test_narrow(config, learner, steps: int = 60):
         train = make_sampler(images[:20], ways=10, shots=1, queries=3)
         test = make_sampler(images[20:], ways=5, shots=1, queries=3)
         source = TaskSource({"train": train, "test": test}, CLASSIFICATION, output_dim=5)
-        exp = Experiment(config, source, MODEL, learner, optax.adam(3e-3), prepare_sec=0.0)
+        exp = Experiment(config, source, MODEL, learner, optax.adam(3e-3), 0.0, learner)
         init_key, train_key = rng_streams(0)
         state = jax.jit(partial(init_state, exp))(init_key)
         step = jax.jit(make_meta_step(exp))

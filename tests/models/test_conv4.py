@@ -15,7 +15,9 @@ from metarun.types import cross_entropy
 
 
 def conv4_config(filters: int, strided: bool = False, conv: str = "auto"):
-    return SimpleNamespace(name="conv4", filters=filters, strided=strided, conv=conv)
+    return SimpleNamespace(
+        name="conv4", filters=filters, strided=strided, conv=conv, bn_mode="transductive"
+    )
 
 
 # Data and checks are numpy, the model is jitted: eager jax compiles every new op shape,

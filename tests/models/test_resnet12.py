@@ -23,7 +23,8 @@ def test_metaoptnet_setting_has_the_hand_computed_size():
     #   320 → 640: 1 843 200 + 7 372 800 + 204 800 + 5 120 = 9 425 920
     # Encoder 12 424 320 (MetaOptNet reports 12.4M), head 640·5 + 5 = 3 205.
     model = models.get("resnet12")(
-        SimpleNamespace(channels=[64, 160, 320, 640], conv="auto"), output_dim=5
+        SimpleNamespace(channels=[64, 160, 320, 640], conv="auto", bn_mode="transductive"),
+        output_dim=5,
     )
     x = jax.ShapeDtypeStruct((2, 84, 84, 3), jnp.float32)
     params = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)["params"]

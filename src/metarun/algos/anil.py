@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from metarun.algos import algos
 from metarun.algos.base import MetaLearner, gradient_descent, predict_with_adapted
+from metarun.config import BN_MODES
 from metarun.types import Objective
 
 HEAD = "head"
@@ -39,7 +40,9 @@ def anil(
         head = gradient_descent(support_loss, params[HEAD], inner_lr, num_steps, first_order, remat)
         return {**params, HEAD: head}
 
-    return MetaLearner(init=init, adapt=adapt, predict=predict_with_adapted(apply_fn))
+    return MetaLearner(
+        init=init, adapt=adapt, predict=predict_with_adapted(apply_fn), bn_modes=BN_MODES
+    )
 
 
 @algos.register("anil")

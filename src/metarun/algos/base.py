@@ -9,7 +9,8 @@ A meta-learner is a tuple of pure functions (in the spirit of optax's
 * ``adapt(meta_params, support_x, support_y, num_steps, ways) -> task_params``:
   learn from one task's support set (``num_steps`` and ``ways``, the number of
   classes or 0 for regression, are static: a scan length, a shape);
-* ``predict(meta_params, task_params, query_x) -> predictions``;
+* ``predict(meta_params, task_params, query_x, support_x) -> predictions``: ``support_x``
+  is the task's support set, the context of the query passes (``model.bn_mode``);
 * ``outer_grad(meta_params, episodes, num_steps, step)`` (optional): the meta-gradient of
   a meta-batch, for algorithms whose update is not the gradient of the query loss (Reptile)
   or changes during training (``step``: the outer updates done, an int32 scalar).
@@ -48,16 +49,23 @@ class MetaLearner(NamedTuple):
       evaluation ones (``data.train_ways``): true when there is no ``ways``-wide head;
     * ``report`` (optional): ``(meta_params, source, config, run_dir) -> dict``, called once
       after the meta-test with the tested meta-parameters: extra keys for ``result.json``
-      (lstm_opt's hand-designed baselines); it may write figures to ``run_dir`` (None: none).
+      (lstm_opt's hand-designed baselines); it may write figures to ``run_dir`` (None: none);
+    * ``bn_modes``: the ``model.bn_mode`` values it honours; a learner honours ``support``
+      and ``task_norm`` by giving the network the support set as the context of its query
+      passes (``net.apply(params, query_x, support_x)``), and ``running`` by keeping its
+      model parameters at ``meta_params[encoder_key]`` (the whole ``meta_params`` when
+      ``encoder_key`` is None), where the meta-step updates the running averages.
     """
 
     init: Callable[[Params, PRNGKey, Episode], MetaParams]
     adapt: Callable[[MetaParams, Array, Array, int, int], TaskParams]
-    predict: Callable[[MetaParams, TaskParams, Array], Array]
+    predict: Callable[[MetaParams, TaskParams, Array, Array], Array]
     outer_grad: Callable[[MetaParams, Episode, int, Array], tuple[MetaParams, dict]] | None = None
     loss: Callable[[Array, Array], Array] | None = None
     any_ways: bool = False
     report: Callable[..., dict] | None = None
+    bn_modes: tuple[str, ...] = ("transductive",)
+    encoder_key: str | None = None
 
 
 def init_params(params: Params, key: PRNGKey = None, episode: Episode | None = None) -> Params:
@@ -83,12 +91,15 @@ def require_classification(name: str, objective: Objective) -> None:
         )
 
 
-def predict_with_adapted(apply_fn: Callable[[Params, Array], Array]):
-    """``predict`` for learners whose task parameters are the adapted model parameters."""
+def predict_with_adapted(apply_fn: Callable[..., Array]):
+    """``predict`` for learners whose task parameters are the adapted model parameters;
+    ``apply_fn(params, x, context)``."""
 
-    def predict(meta_params: MetaParams, adapted: Params, query_x: Array) -> Array:
+    def predict(
+        meta_params: MetaParams, adapted: Params, query_x: Array, support_x: Array | None = None
+    ) -> Array:
         del meta_params
-        return apply_fn(adapted, query_x)
+        return apply_fn(adapted, query_x, support_x)
 
     return predict
 
@@ -143,7 +154,7 @@ def adapt_and_predict(
 ) -> Array:
     """Adapt on a support set for ``num_steps``, then predict the whole query set at once."""
     task_params = learner.adapt(meta_params, support_x, support_y, num_steps, ways)
-    return learner.predict(meta_params, task_params, query_x)
+    return learner.predict(meta_params, task_params, query_x, support_x)
 
 
 def task_metrics(

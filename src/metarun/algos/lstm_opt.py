@@ -270,7 +270,8 @@ def lstm_opt(
         )
         return theta
 
-    def predict(meta_params, theta, query_x):
+    def predict(meta_params, theta, query_x, support_x=None):
+        del support_x  # model.bn_mode=transductive only (bn_modes)
         del meta_params
         return apply_fn(theta, query_x)
 

@@ -24,6 +24,7 @@ from metarun.algos.base import (
     predict_with_adapted,
 )
 from metarun.algos.mamlpp import mamlpp
+from metarun.config import BN_MODES
 from metarun.types import Objective
 
 
@@ -48,7 +49,9 @@ def maml(
 
         return gradient_descent(support_loss, params, inner_lr, num_steps, first_order, remat)
 
-    return MetaLearner(init=init_params, adapt=adapt, predict=predict_with_adapted(apply_fn))
+    return MetaLearner(
+        init=init_params, adapt=adapt, predict=predict_with_adapted(apply_fn), bn_modes=BN_MODES
+    )
 
 
 fomaml = partial(maml, first_order=True)

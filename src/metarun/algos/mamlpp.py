@@ -46,7 +46,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from metarun.algos.base import MetaLearner, predict_with_adapted
-from metarun.config import ConfigError
+from metarun.config import BN_MODES, ConfigError
 from metarun.types import Objective
 
 # The paper's floor for the weight of each step but the last, times the number of steps.
@@ -133,7 +133,11 @@ def mamlpp(
                 grads = jax.lax.stop_gradient(grads)
             lrs = at_step(meta["inner_lr"], i) if lslr else jax.tree.map(lambda _: inner_lr, fast)
             fast = jax.tree.map(lambda p, g, a: p - a * g, fast, grads, lrs)
-            query = None if query_x is None else apply_fn(model_params(meta, fast, i), query_x)
+            query = (
+                None
+                if query_x is None
+                else apply_fn(model_params(meta, fast, i), query_x, support_x)
+            )
             return fast, query
 
         step = jax.checkpoint(step) if remat else step
@@ -162,7 +166,7 @@ def mamlpp(
             metrics["msl_loss"] = loss
         else:
             adapted = model_params(meta, fast, max(num_steps - 1, 0))
-            predictions = predict(meta, adapted, episode.query_x)
+            predictions = predict(meta, adapted, episode.query_x, episode.support_x)
             metrics = objective.metrics(predictions, episode.query_y)
             loss = metrics["loss"]
             if msl:  # annealed: the last step's loss alone (the same keys in both programs)
@@ -193,4 +197,12 @@ def mamlpp(
             index += jnp.asarray(step >= msl_anneal_steps, jnp.int32)
         return branches[0]() if len(branches) == 1 else jax.lax.switch(index, branches)
 
-    return MetaLearner(init=init, adapt=adapt, predict=predict, outer_grad=outer_grad)
+    # per_step_bn keeps BatchNorm's parameters apart, as per-step copies: transductive only.
+    return MetaLearner(
+        init=init,
+        adapt=adapt,
+        predict=predict,
+        outer_grad=outer_grad,
+        bn_modes=("transductive",) if per_step_bn else BN_MODES,
+        encoder_key="params",
+    )

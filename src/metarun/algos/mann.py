@@ -283,7 +283,8 @@ def mann(
         state, _ = run(meta_params, features, labels, ways)
         return state, jax.nn.one_hot(labels[-1], ways, dtype=features.dtype)
 
-    def predict(meta_params, task_params, query_x):
+    def predict(meta_params, task_params, query_x, support_x=None):
+        del support_x  # model.bn_mode=transductive only (bn_modes)
         state, last_label = task_params
         net = module(last_label.shape[-1])
         queries = embed(meta_params["encoder"], query_x)

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from metarun.algos import algos
 from metarun.algos.base import MetaLearner, drop_head, require_classification
 from metarun.algos.protonet import cosine_similarities
+from metarun.config import BN_MODES
 from metarun.types import Array, Objective
 
 
@@ -102,16 +103,23 @@ def matchingnet(embed, *, fce: bool = False, fce_steps: int = 5) -> MetaLearner:
             )
         return g, jax.nn.one_hot(support_y, ways, dtype=g.dtype)
 
-    def predict(meta_params, task_params, query_x):
+    def predict(meta_params, task_params, query_x, support_x=None):
         g, support_onehot = task_params
-        f = embed(meta_params["encoder"], query_x)
+        f = embed(meta_params["encoder"], query_x, support_x)
         if fce:
             f = context(f.shape[-1]).apply(
                 {"params": meta_params["fce"]}, f, g, method=FullContextEmbedding.queries
             )
         return attention_log_probs(f, g, support_onehot)
 
-    return MetaLearner(init=init, adapt=adapt, predict=predict, any_ways=True)
+    return MetaLearner(
+        init=init,
+        adapt=adapt,
+        predict=predict,
+        any_ways=True,
+        bn_modes=BN_MODES,
+        encoder_key="encoder",
+    )
 
 
 @algos.register("matchingnet")

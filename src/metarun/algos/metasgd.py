@@ -12,6 +12,7 @@ import jax
 
 from metarun.algos import algos
 from metarun.algos.base import MetaLearner, gradient_descent, predict_with_adapted
+from metarun.config import BN_MODES
 from metarun.types import Objective
 
 
@@ -39,7 +40,13 @@ def metasgd(
             remat,
         )
 
-    return MetaLearner(init=init, adapt=adapt, predict=predict_with_adapted(apply_fn))
+    return MetaLearner(
+        init=init,
+        adapt=adapt,
+        predict=predict_with_adapted(apply_fn),
+        bn_modes=BN_MODES,
+        encoder_key="params",
+    )
 
 
 @algos.register("metasgd")

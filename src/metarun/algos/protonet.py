@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from metarun.algos import algos
 from metarun.algos.base import MetaLearner, drop_head, require_classification
+from metarun.config import BN_MODES
 from metarun.types import Array, Objective
 
 
@@ -62,13 +63,15 @@ def protonet(embed, *, distance: str = "euclidean", cosine_scale: float = 10.0) 
         del num_steps  # no inner loop: the prototypes are the adaptation
         return class_means(embed(params, support_x), support_y, ways)
 
-    def predict(params, prototypes, query_x):
-        queries = embed(params, query_x)
+    def predict(params, prototypes, query_x, support_x=None):
+        queries = embed(params, query_x, support_x)
         if distance == "cosine":
             return cosine_scale * cosine_similarities(queries, prototypes)
         return -squared_distances(queries, prototypes)
 
-    return MetaLearner(init=drop_head, adapt=adapt, predict=predict, any_ways=True)
+    return MetaLearner(
+        init=drop_head, adapt=adapt, predict=predict, any_ways=True, bn_modes=BN_MODES
+    )
 
 
 @algos.register("protonet")

@@ -18,9 +18,13 @@ strided Conv-4 2×2): on 1×1 maps each 3×3 convolution of g_ψ sees only its c
 rest is SAME padding), so it acts as a 1×1 convolution, a dense layer on each pair, and no
 block pools.
 
-As in the authors' code, BatchNorm always normalises with the statistics of its batch (their
-``momentum=1``, never switched to evaluation mode): the support and query sets go through
-the encoder as two batches, and g_ψ sees all the pairs of an episode at once (transductive).
+As in the authors' code, BatchNorm by default normalises with the statistics of its batch
+(their ``momentum=1``, never switched to evaluation mode): the support and query sets go
+through the encoder as two batches, and g_ψ sees all the query pairs of an episode at once
+(``model.bn_mode=transductive``). With ``support`` or ``task_norm`` both the encoder and g_ψ
+take their statistics from the support set: g_ψ's from the pairs (class k, support example),
+scored with the query pairs stacked after them, so each query is scored on its own.
+``running`` is not offered: g_ψ keeps no running averages.
 
 Differences from the authors' code (LearningToCompare_FSL):
 
@@ -42,19 +46,24 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from metarun import models
 from metarun.algos import algos
 from metarun.algos.base import MetaLearner, drop_head, require_classification
 from metarun.config import ConfigError
+from metarun.models import CONTEXT_MODES
 from metarun.models.conv4 import BatchStatNorm, Conv3x3, max_pool2x2, resolve_conv
 from metarun.types import Array, Objective, mse
 
 
 class RelationModule(nn.Module):
-    """g_ψ: ``[pairs, h, w, 2c]`` concatenated maps -> ``[pairs]`` relation logits."""
+    """g_ψ: ``[pairs, h, w, 2c]`` concatenated maps -> ``[pairs]`` relation logits; BatchNorm
+    in ``bn_mode`` with the statistics of the first ``context_rows`` pairs (0: all)."""
 
     filters: int = 64
     hidden: int = 8
     conv: str = "auto"
+    bn_mode: str = "transductive"
+    context_rows: int = 0
 
     @nn.compact
     def __call__(self, pairs):
@@ -62,7 +71,8 @@ class RelationModule(nn.Module):
         x = pairs
         for i in range(2):
             x = Conv3x3(self.filters, 1, conv, name=f"conv{i}")(x)
-            x = nn.relu(BatchStatNorm(name=f"norm{i}")(x))
+            norm = BatchStatNorm(self.bn_mode, context_rows=self.context_rows, name=f"norm{i}")
+            x = nn.relu(norm(x))
             if min(x.shape[1:3]) >= 2:  # a 1-pixel map has nothing to pool (see the module doc)
                 x = max_pool2x2(x)
         x = nn.relu(nn.Dense(self.hidden, name="fc1")(x.reshape(x.shape[0], -1)))
@@ -95,7 +105,12 @@ def relation_loss(scores: Array, labels: Array) -> Array:
 
 
 def relationnet(
-    feature_maps, *, filters: int = 64, hidden: int = 8, conv: str = "auto"
+    feature_maps,
+    *,
+    filters: int = 64,
+    hidden: int = 8,
+    conv: str = "auto",
+    bn_mode: str = "transductive",
 ) -> MetaLearner:
     """Relation Networks over an embedding ``feature_maps(params, x) -> [n, h, w, c]``.
 
@@ -104,11 +119,16 @@ def relationnet(
       filters: channels of g_ψ's two convolutions (64 in the paper).
       hidden: width of g_ψ's fully connected layer (8 in the paper).
       conv: how g_ψ convolves (``models.conv4.resolve_conv``).
+      bn_mode: ``model.bn_mode``, for g_ψ's BatchNorm (the module docstring).
     """
-    module = RelationModule(filters=filters, hidden=hidden, conv=conv)
+    module = RelationModule(filters=filters, hidden=hidden, conv=conv, bn_mode=bn_mode)
 
-    def relation(params, pairs):
-        return module.apply({"params": params}, pairs)
+    def relation(params, pairs, context_pairs=None):
+        if context_pairs is None or bn_mode not in CONTEXT_MODES:
+            return module.apply({"params": params}, pairs)
+        rows = context_pairs.shape[0]
+        stacked = jnp.concatenate([context_pairs, pairs])
+        return module.clone(context_rows=rows).apply({"params": params}, stacked)[rows:]
 
     def init(params, key, episode):
         encoder = drop_head(params)
@@ -122,12 +142,25 @@ def relationnet(
         del num_steps  # no inner loop: the class sums are the adaptation
         return class_sums(feature_maps(meta_params["encoder"], support_x), support_y, ways)
 
-    def predict(meta_params, class_maps, query_x):
-        query_maps = feature_maps(meta_params["encoder"], query_x)
-        logits = relation(meta_params["relation"], relation_pairs(class_maps, query_maps))
+    def predict(meta_params, class_maps, query_x, support_x=None):
+        query_maps = feature_maps(meta_params["encoder"], query_x, support_x)
+        context = None
+        if support_x is not None and bn_mode in CONTEXT_MODES:
+            support_maps = feature_maps(meta_params["encoder"], support_x)
+            context = relation_pairs(class_maps, support_maps)
+        pairs = relation_pairs(class_maps, query_maps)
+        logits = relation(meta_params["relation"], pairs, context)
         return jax.nn.sigmoid(logits).reshape(query_maps.shape[0], class_maps.shape[0])
 
-    return MetaLearner(init=init, adapt=adapt, predict=predict, loss=relation_loss, any_ways=True)
+    return MetaLearner(
+        init=init,
+        adapt=adapt,
+        predict=predict,
+        loss=relation_loss,
+        any_ways=True,
+        bn_modes=("transductive", *CONTEXT_MODES),
+        encoder_key="encoder",
+    )
 
 
 @algos.register("relationnet")
@@ -139,4 +172,10 @@ def from_config(cfg, net, objective: Objective) -> MetaLearner:
             f"maps, and {type(net.module).__name__} has none; use a convolutional model "
             "(model=conv4, model=resnet12)"
         )
-    return relationnet(net.feature_maps, filters=cfg.filters, hidden=cfg.hidden)
+    return relationnet(
+        net.feature_maps,
+        filters=cfg.filters,
+        hidden=cfg.hidden,
+        conv=getattr(net.module, "conv", "auto"),  # g_ψ convolves as the encoder does
+        bn_mode=models.bn_mode(net.module),
+    )

@@ -41,7 +41,7 @@ from metarun.algos.base import (
     init_params,
     predict_with_adapted,
 )
-from metarun.config import ConfigError
+from metarun.config import BN_MODES, ConfigError
 from metarun.types import Episode, Objective
 
 
@@ -80,8 +80,8 @@ def reptile(apply_fn, objective: Objective, *, inner_lr: float) -> MetaLearner:
         pseudo_grad = jax.tree.map(jnp.subtract, params, mean_adapted)
         # The evaluation's metrics: adapted on the support set alone, scored on the queries.
         on_support = adapt_each(params, episodes.support_x, episodes.support_y, num_steps)
-        query_metrics = jax.vmap(lambda w, x, y: objective.metrics(apply_fn(w, x), y))(
-            on_support, episodes.query_x, episodes.query_y
+        query_metrics = jax.vmap(lambda w, x, s, y: objective.metrics(apply_fn(w, x, s), y))(
+            on_support, episodes.query_x, episodes.support_x, episodes.query_y
         )
         return pseudo_grad, jax.tree.map(jnp.mean, query_metrics)
 
@@ -90,6 +90,7 @@ def reptile(apply_fn, objective: Objective, *, inner_lr: float) -> MetaLearner:
         adapt=adapt,
         predict=predict_with_adapted(apply_fn),
         outer_grad=outer_grad,
+        bn_modes=BN_MODES,
     )
 
 

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 
 from metarun.algos import algos
 from metarun.algos.base import MetaLearner, drop_head, require_classification
+from metarun.config import BN_MODES
 from metarun.types import Array, Objective
 
 
@@ -100,14 +101,15 @@ def siamese(embed) -> MetaLearner:
         support = embed(meta_params["encoder"], support_x)
         return support, jax.nn.one_hot(support_y, ways, dtype=support.dtype)
 
-    def predict(meta_params, task_params, query_x):
+    def predict(meta_params, task_params, query_x, support_x=None):
         support, onehot = task_params
-        logits = pair_logits(meta_params, embed(meta_params["encoder"], query_x), support)
+        queries = embed(meta_params["encoder"], query_x, support_x)
+        logits = pair_logits(meta_params, queries, support)
         return class_logits(logits, onehot)
 
     def episode_loss(meta_params, episode):
         support = embed(meta_params["encoder"], episode.support_x)
-        queries = embed(meta_params["encoder"], episode.query_x)
+        queries = embed(meta_params["encoder"], episode.query_x, episode.support_x)
         logits = pair_logits(meta_params, queries, support)
         loss = balanced_pair_loss(logits, episode.query_y, episode.support_y)
         onehot = jax.nn.one_hot(episode.support_y, episode.ways, dtype=logits.dtype)
@@ -128,7 +130,13 @@ def siamese(embed) -> MetaLearner:
         return jax.grad(meta_batch_loss, has_aux=True)(meta_params)
 
     return MetaLearner(
-        init=init, adapt=adapt, predict=predict, outer_grad=outer_grad, any_ways=True
+        init=init,
+        adapt=adapt,
+        predict=predict,
+        outer_grad=outer_grad,
+        any_ways=True,
+        bn_modes=BN_MODES,
+        encoder_key="encoder",
     )
 
 

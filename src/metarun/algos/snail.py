@@ -180,7 +180,8 @@ def snail(
         features = embed(meta_params["encoder"], support_x)[order]
         return features, jax.nn.one_hot(support_y[order], ways, dtype=features.dtype)
 
-    def predict(meta_params, task_params, query_x):
+    def predict(meta_params, task_params, query_x, support_x=None):
+        del support_x  # model.bn_mode=transductive only (bn_modes)
         features, onehot = task_params
         queries = embed(meta_params["encoder"], query_x)
         withheld = jnp.zeros((queries.shape[0], onehot.shape[-1]), queries.dtype)

@@ -30,10 +30,17 @@ class Network(NamedTuple):
 
     Attributes:
       init: ``(key, x) -> params``, every parameter, ``head`` included.
-      apply: ``(params, x) -> [n, output_dim]``, through the head.
-      embed: ``(params, x) -> [n, d]`` features before the head (needs no ``head`` params).
-      feature_maps: ``(params, x) -> [n, h, w, c]``, None for models without maps (MLP).
+      apply: ``(params, x, context=None) -> [n, output_dim]``, through the head.
+      embed: ``(params, x, context=None) -> [n, d]`` features before the head (needs no
+        ``head`` params).
+      feature_maps: ``(params, x, context=None) -> [n, h, w, c]``, None for models without
+        maps (MLP).
       module: the flax module itself.
+
+    ``context``: the support set of the task ``x`` belongs to, which learners pass to their
+    query passes; with ``model.bn_mode=support`` or ``task_norm`` BatchNorm takes its
+    statistics from it (``x`` and ``context`` go through the network stacked, the statistics
+    over the context's rows), and the other modes ignore it.
     """
 
     init: Callable
@@ -43,8 +50,23 @@ class Network(NamedTuple):
     module: object
 
 
-def network(model, precision: str = "fp32") -> Network:
-    """The :class:`Network` of a flax ``model`` at ``trainer.precision``."""
+# BatchNorm modes that normalise a query pass with the support set's statistics.
+CONTEXT_MODES = ("support", "task_norm")
+
+
+def bn_mode(model) -> str:
+    """A model's ``model.bn_mode``; ``transductive`` for models without BatchNorm (MLP)."""
+    return getattr(model, "bn_mode", "transductive")
+
+
+def network(model, precision: str = "fp32", training: bool = True) -> Network:
+    """The :class:`Network` of a flax ``model`` at ``trainer.precision``.
+
+    ``training=False``: the evaluation network, which differs only with
+    ``model.bn_mode=running``: BatchNorm normalises with the running averages.
+    """
+    if bn_mode(model) == "running":
+        model = model.clone(bn_training=training)
     has_maps = hasattr(model, "feature_maps")
     return Network(
         init=lambda key, x: model.init(key, x)["params"],
@@ -56,19 +78,59 @@ def network(model, precision: str = "fp32") -> Network:
 
 
 def make_apply(model, precision: str = "fp32", method: str | None = None):
-    """``(params, x) -> outputs`` of a flax ``model`` (or of its ``method``).
+    """``(params, x, context=None) -> outputs`` of a flax ``model`` (or of its ``method``).
 
     ``bf16``: mixed precision. The parameters stay float32 (the optimizer and the inner loop
     update float32 "master" weights); each forward pass casts them and the inputs to
     bfloat16 and returns float32 outputs, so losses and their reductions stay float32.
     BatchNorm computes its statistics in float32 (see ``conv4.BatchStatNorm``).
     """
-    if precision == "fp32":
-        return lambda params, x: model.apply({"params": params}, x, method=method)
 
-    def apply_bf16(params, x):
+    def run(module, params, x):
+        if precision == "fp32":
+            return module.apply({"params": params}, x, method=method)
         half = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
-        out = model.apply({"params": half}, x.astype(jnp.bfloat16), method=method)
+        out = module.apply({"params": half}, x.astype(jnp.bfloat16), method=method)
         return out.astype(jnp.float32)
 
-    return apply_bf16
+    def apply(params, x, context=None):
+        if context is None or bn_mode(model) not in CONTEXT_MODES:
+            return run(model, params, x)
+        rows = context.shape[0]
+        stacked = jnp.concatenate([context.astype(x.dtype), x])
+        return run(model.clone(context_rows=rows), params, stacked)[rows:]
+
+    return apply
+
+
+def update_running_stats(model, params, images, momentum: float, into=None):
+    """``into`` (default ``params``) with BatchNorm's running averages moved from those of
+    ``params`` towards the statistics of ``images`` under ``params``.
+
+    ``model.bn_mode=running``: the meta-step calls this with the meta-parameters it
+    differentiated and the images of its meta-batch, ``[tasks, n, H, W, C]``. Each task's
+    images are one batch, as the training passes normalise them; the per-task means and
+    variances are averaged over the tasks, then x̄ ← (1 − momentum) x̄ + momentum x. No
+    gradient flows here: the averages change in meta-training only, never in evaluation.
+    """
+    from flax import traverse_util
+
+    from metarun.models.conv4 import RUNNING_STATS
+
+    def task_stats(x):
+        _, sown = model.clone(bn_training=True).apply(
+            {"params": params}, x, method="embed", mutable=["norm_stats"]
+        )
+        return sown["norm_stats"]
+
+    stats = jax.lax.stop_gradient(jax.vmap(task_stats)(images))
+    flat = traverse_util.flatten_dict(stats)  # {(..., "norm", "mean_var"): ((mean, var),)}
+    averaged = {}
+    for path, ((mean, var),) in flat.items():
+        for name, value in zip(RUNNING_STATS, (mean, var), strict=True):
+            averaged[(*path[:-1], name)] = jnp.mean(value, axis=0)
+    old = traverse_util.flatten_dict(params)
+    new = traverse_util.flatten_dict(params if into is None else into)
+    for path, value in averaged.items():
+        new[path] = (1 - momentum) * old[path] + momentum * value.astype(old[path].dtype)
+    return traverse_util.unflatten_dict(new)

@@ -20,14 +20,29 @@ cuDNN runs it with generic fp32 kernels plus layout transposes, 1,345 kernels pe
 tensor cores (``scripts/bench.py --workload maml-omniglot --set model.conv=xla|im2col``,
 ``scripts/profile_step.py`` for the kernels).
 
-BatchNorm is transductive, in training and evaluation alike: every call normalises with
-the statistics of the batch it is given, as MAML's code does (``tf.contrib`` batch norm
-left in training mode). There are no running averages, hence no ``batch_stats``
-collection: ``apply({"params": p}, x)`` is a pure function, and the support and query
-sets of each task in a ``vmap`` are normalised with their own statistics. The other
-evaluation mode of the literature, running averages gathered during meta-training, is
-not implemented. Consequence: a prediction depends on the rest of its batch, and a batch
-of one image has no variance to normalise by after the last pooling.
+BatchNorm has four modes (``model.bn_mode``; :class:`BatchStatNorm`), the ones the
+few-shot literature evaluates with (Bronskill et al. 2020, "TaskNorm", compares them):
+
+* ``transductive``: every call normalises with the statistics of the batch it is given, in
+  training and evaluation alike, as MAML's code does (``tf.contrib`` batch norm left in
+  training mode). A task's query set is normalised with its own statistics, so a query's
+  prediction depends on the other queries.
+* ``support`` (MetaBN): the query set is normalised with the support set's statistics (under
+  the same parameters), so each query is predicted independently of the others.
+* ``task_norm`` (TaskNorm-I): the support statistics blended with each example's own
+  (instance-norm) statistics, μ = α μ_support + (1 − α) μ_instance (and the variance
+  likewise, with the spread of the means), α = sigmoid(a·n + b) learned per layer, n the
+  support set's size; a and b start at 0 (α = 0.5).
+* ``running``: conventional BatchNorm. Meta-training normalises with the batch's own
+  statistics and keeps exponential averages of them (``running_mean``/``running_var``
+  leaves among the parameters, updated by the meta-step, never by a gradient);
+  evaluation normalises with those averages.
+
+The query pass of ``support`` and ``task_norm`` runs on the support and query sets stacked,
+with the statistics taken over the first ``context_rows`` rows (the support set)
+(:func:`metarun.models.network`). Without running averages, ``apply({"params": p}, x)`` is
+a pure function of the parameters and the batch; a batch of one image has no variance to
+normalise by after the last pooling in ``transductive`` mode.
 
 Where we differ from MAML's code (``maml.py``, ``utils.py``):
 
@@ -53,7 +68,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from metarun.config import CONV_IMPLS
+from metarun.config import BN_MODES, CONV_IMPLS
 from metarun.models import models
 
 # MAML's code initialises the convolutions with Glorot (Xavier) uniform. BatchNorm makes
@@ -62,26 +77,64 @@ from metarun.models import models
 _INIT = nn.initializers.glorot_uniform()
 
 
-class BatchStatNorm(nn.Module):
-    """BatchNorm over the batch and spatial axes of the current batch, without state.
+# model.bn_mode (BN_MODES, from config): see the module docstring.
+# The running averages' update, x̄ ← (1 − m) x̄ + m x (PyTorch's default momentum).
+RUNNING_MOMENTUM = 0.1
+RUNNING_STATS = ("running_mean", "running_var")
 
-    Hand-written because ``nn.BatchNorm`` always declares and writes running averages in
-    a ``batch_stats`` collection, so ``apply`` would need ``mutable=["batch_stats"]``
-    even with ``use_running_average=False``, for averages we never read.
+
+class BatchStatNorm(nn.Module):
+    """BatchNorm over the batch and spatial axes, in one of the :data:`BN_MODES`.
+
+    Hand-written because ``nn.BatchNorm`` keeps running averages in a mutable ``batch_stats``
+    collection, which would make every forward pass of every algorithm stateful; here the
+    averages of ``running`` mode are ordinary leaves of the parameters that the meta-step
+    overwrites (:func:`metarun.models.update_running_stats`), and the other modes have none.
+
+    Attributes:
+      mode: one of :data:`BN_MODES`.
+      training: ``running`` mode only: normalise with the batch (and let the meta-step
+        average its statistics) rather than with the running averages.
+      context_rows: ``support`` and ``task_norm``: the statistics are those of the first
+        ``context_rows`` rows (the support set stacked before the queries); 0 = all rows.
     """
 
+    mode: str = "transductive"
+    training: bool = True
+    context_rows: int = 0
     epsilon: float = 1e-3  # tf.contrib's default, as in MAML's code
 
     @nn.compact
     def __call__(self, x):
-        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
-        bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
+        channels = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (channels,))
+        bias = self.param("bias", nn.initializers.zeros, (channels,))
         axes = tuple(range(x.ndim - 1))
         # Statistics in float32 even under bfloat16 (trainer.precision=bf16): a bf16 mean
         # over thousands of activations loses most of its digits.
         x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # float64 stays float64
+        reference = x32[: self.context_rows] if self.context_rows else x32
         # Biased variance (÷N), as tf and PyTorch normalise in training mode.
-        mean, var = jnp.mean(x32, axes), jnp.var(x32, axes)
+        mean, var = jnp.mean(reference, axes), jnp.var(reference, axes)
+        if self.mode == "running":
+            running_mean = self.param(RUNNING_STATS[0], nn.initializers.zeros, (channels,))
+            running_var = self.param(RUNNING_STATS[1], nn.initializers.ones, (channels,))
+            if self.training:
+                self.sow("norm_stats", "mean_var", (mean, var))  # for the running averages
+            else:
+                mean, var = running_mean, running_var
+        elif self.mode == "task_norm":
+            a = self.param("alpha_scale", nn.initializers.zeros, ())
+            b = self.param("alpha_offset", nn.initializers.zeros, ())
+            alpha = jax.nn.sigmoid(a * reference.shape[0] + b)
+            spatial = tuple(range(1, x.ndim - 1))  # instance statistics: each example's own
+            mean_in = jnp.mean(x32, spatial, keepdims=True)
+            var_in = jnp.var(x32, spatial, keepdims=True)
+            blended = alpha * mean + (1 - alpha) * mean_in
+            var = alpha * (var + (mean - blended) ** 2) + (1 - alpha) * (
+                var_in + (mean_in - blended) ** 2
+            )
+            mean = blended
         out = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
         return out.astype(x.dtype)
 
@@ -139,6 +192,17 @@ def max_pool2x2(x: jax.Array) -> jax.Array:
     return jnp.maximum(rows[:, :, 0::2], rows[:, :, 1::2])
 
 
+def norm_settings(model) -> dict:
+    """The :class:`BatchStatNorm` attributes of a model's ``bn_*`` and ``context_rows``."""
+    if model.bn_mode not in BN_MODES:
+        raise ValueError(f"bn_mode must be one of {BN_MODES}, got {model.bn_mode!r}")
+    return {
+        "mode": model.bn_mode,
+        "training": model.bn_training,
+        "context_rows": model.context_rows,
+    }
+
+
 class Conv3x3(nn.Module):
     """A 3×3 SAME convolution without bias; the parameter is ``kernel``, HWIO, as ``nn.Conv``."""
 
@@ -164,12 +228,13 @@ class _Block(nn.Module):
     filters: int
     strided: bool
     conv: str
+    norm: dict  # BatchStatNorm's attributes
 
     @nn.compact
     def __call__(self, x):
         stride = 2 if self.strided else 1
         x = Conv3x3(self.filters, stride, self.conv, name="conv")(x)
-        x = nn.relu(BatchStatNorm(name="norm")(x))
+        x = nn.relu(BatchStatNorm(**self.norm, name="norm")(x))
         return x if self.strided else max_pool2x2(x)
 
 
@@ -185,10 +250,14 @@ class Conv4(nn.Module):
     output_dim: int
     strided: bool = False
     conv: str = "auto"  # "auto", "xla" or "im2col": see the module docstring
+    bn_mode: str = "transductive"  # BatchStatNorm's mode, training and context_rows
+    bn_training: bool = True
+    context_rows: int = 0
 
     def setup(self):
         conv = resolve_conv(self.conv)
-        self.blocks = [_Block(self.filters, self.strided, conv) for _ in range(4)]
+        norm = norm_settings(self)
+        self.blocks = [_Block(self.filters, self.strided, conv, norm) for _ in range(4)]
         self.head = nn.Dense(self.output_dim, kernel_init=_INIT)
 
     def feature_maps(self, x):
@@ -217,4 +286,10 @@ class Conv4(nn.Module):
 
 @models.register("conv4")
 def make(cfg, output_dim: int) -> Conv4:
-    return Conv4(filters=cfg.filters, output_dim=output_dim, strided=cfg.strided, conv=cfg.conv)
+    return Conv4(
+        filters=cfg.filters,
+        output_dim=output_dim,
+        strided=cfg.strided,
+        conv=cfg.conv,
+        bn_mode=cfg.bn_mode,
+    )

@@ -6,8 +6,8 @@ after the first two, a 1×1 convolution + BatchNorm on the shortcut, the sum thr
 LeakyReLU, then a 2×2 max-pool: 84 → 42 → 21 → 10 → 5. The features are the spatial mean of
 the last maps (``channels[-1]`` of them), followed by the ``head``.
 
-Shared with Conv-4 (:mod:`metarun.models.conv4`): per-batch BatchNorm without running
-averages, no convolution biases, the CPU/GPU choice of convolution (``conv``).
+Shared with Conv-4 (:mod:`metarun.models.conv4`): BatchNorm and its modes (``bn_mode``),
+no convolution biases, the CPU/GPU choice of convolution (``conv``).
 Not included: DropBlock, which these papers add as a regulariser for long training runs.
 
 References:
@@ -25,7 +25,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from metarun.models import models
-from metarun.models.conv4 import _INIT, BatchStatNorm, Conv3x3, max_pool2x2, resolve_conv
+from metarun.models.conv4 import (
+    _INIT,
+    BatchStatNorm,
+    Conv3x3,
+    max_pool2x2,
+    norm_settings,
+    resolve_conv,
+)
 
 
 def _leaky(x):
@@ -35,14 +42,15 @@ def _leaky(x):
 class _ResidualBlock(nn.Module):
     width: int
     conv: str
+    norm: dict  # BatchStatNorm's attributes
 
     @nn.compact
     def __call__(self, x):
         shortcut = nn.Dense(self.width, use_bias=False, kernel_init=_INIT, name="shortcut")(x)
-        shortcut = BatchStatNorm(name="shortcut_norm")(shortcut)  # the 1×1 convolution's BN
+        shortcut = BatchStatNorm(**self.norm, name="shortcut_norm")(shortcut)  # the 1×1's BN
         for i in range(3):
             x = Conv3x3(self.width, 1, self.conv, name=f"conv{i}")(x)
-            x = BatchStatNorm(name=f"norm{i}")(x)
+            x = BatchStatNorm(**self.norm, name=f"norm{i}")(x)
             if i < 2:
                 x = _leaky(x)
         return max_pool2x2(_leaky(x + shortcut))
@@ -54,10 +62,14 @@ class ResNet12(nn.Module):
     output_dim: int
     channels: Sequence[int] = (64, 160, 320, 640)
     conv: str = "auto"
+    bn_mode: str = "transductive"  # BatchStatNorm's mode, training and context_rows
+    bn_training: bool = True
+    context_rows: int = 0
 
     def setup(self):
         conv = resolve_conv(self.conv)
-        self.blocks = [_ResidualBlock(width, conv) for width in self.channels]
+        norm = norm_settings(self)
+        self.blocks = [_ResidualBlock(width, conv, norm) for width in self.channels]
         self.head = nn.Dense(self.output_dim, kernel_init=_INIT)
 
     def feature_maps(self, x):
@@ -78,4 +90,6 @@ class ResNet12(nn.Module):
 
 @models.register("resnet12")
 def make(cfg, output_dim: int) -> ResNet12:
-    return ResNet12(output_dim=output_dim, channels=tuple(cfg.channels), conv=cfg.conv)
+    return ResNet12(
+        output_dim=output_dim, channels=tuple(cfg.channels), conv=cfg.conv, bn_mode=cfg.bn_mode
+    )

@@ -1,0 +1,225 @@
+"""One command per results table: a paper's protocol end to end, measured beside published.
+
+    python scripts/reproduce.py TABLE [--root DIR] [--split SPLIT] [--fraction F] [--seeds 0 1 2]
+
+Each table is a list of settings (ways, shots and what the paper changes with them); every
+setting runs as one ``metarun -m`` sweep over ``--seeds`` into ``OUT/TABLE/<setting>``, and the
+table printed at the end (and written to ``OUT/TABLE.md``) has, per setting, the validation
+and test accuracy as means over the seeds ± the 95% t-interval across seeds
+(:func:`metarun.report.seed_groups`; one seed: that run's own interval), the figure the paper
+published, and the budget run.
+
+Paper tables (``--fraction`` scales their meta-training steps; 1 is the paper's budget):
+
+* ``maml-omniglot``: Finn et al. 2017, Table 1: 5-way and 20-way, 1 and 5 shots, 60,000
+  meta-steps of 32 tasks (5-way) and 16 (20-way), conf/preset/maml_omniglot.yaml otherwise.
+* ``maml-mini-imagenet``: Finn et al. 2017, Table 1: 5-way 1 and 5 shots, meta-batch 4 and 2.
+* ``protonet-omniglot``: Snell et al. 2017, Table 1: 60-way training episodes, 20,000.
+* ``protonet-mini-imagenet``: Snell et al. 2017, Table 2: 30-way (1-shot) and 20-way (5-shot)
+  training episodes.
+
+The published figures were obtained on the full data (Omniglot's 1,623 characters with the
+Vinyals split; mini-ImageNet), with the paper's BatchNorm mode (the presets pick it). Runs on
+the minimal Omniglot splits (``--split minimal1``) or at a fraction of the budget are not
+like for like with them; the table says which split and budget it ran.
+
+CPU tables of this README (the CPU budgets of ``scripts/omniglot_minimal1.sh`` and
+``scripts/omniglot_metric.sh``, 5-way 1-shot on the minimal split; no published column):
+
+* ``cpu-seeds``: MAML and ProtoNet, each in its paper's BatchNorm mode, over ``--seeds``.
+* ``cpu-bn-modes``: MAML and ProtoNet × the four ``model.bn_mode`` values, seed 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from metarun.report import collect, seed_groups
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    overrides: tuple[str, ...]
+    published: float | None = None  # the paper's test accuracy, %
+    steps: int = 0  # the paper's meta-training steps (scaled by --fraction); 0: in overrides
+    seeds: tuple[int, ...] | None = None  # None: --seeds
+
+
+def _ways_shots(ways: int, shots: int, *extra: str) -> tuple[str, ...]:
+    return (f"data.ways={ways}", f"data.shots={shots}", *extra)
+
+
+# The CPU budgets of the README's Omniglot tables (scripts/omniglot_minimal1.sh and
+# scripts/omniglot_metric.sh): 600 meta-steps, validation every 200.
+CPU_MAML = ("algo=maml", "data.train_queries=5", "trainer.meta_batch=16", "trainer.steps=600")
+CPU_PROTONET = (
+    "algo=protonet",
+    "data.train_ways=20",
+    "data.train_queries=5",
+    "trainer.meta_batch=1",
+    "trainer.steps=600",
+)
+CPU_LOGGING = ("trainer.log_every=100", "trainer.val_every=200")
+MODES = ("transductive", "support", "task_norm", "running")
+PAPER_MODE = {"maml": "transductive", "protonet": "running"}  # conf/preset/*_omniglot.yaml
+
+
+@dataclass(frozen=True)
+class Table:
+    data: str
+    settings: tuple[Setting, ...]
+    common: tuple[str, ...] = field(default_factory=tuple)
+    cpu: bool = False  # the README's CPU budgets: --fraction does not apply
+
+
+TABLES = {
+    "maml-omniglot": Table(
+        "omniglot",
+        (
+            Setting("5-way 1-shot", _ways_shots(5, 1), 98.7, 60_000),
+            Setting("5-way 5-shot", _ways_shots(5, 5), 99.9, 60_000),
+            Setting("20-way 1-shot", _ways_shots(20, 1, "trainer.meta_batch=16"), 95.8, 60_000),
+            Setting("20-way 5-shot", _ways_shots(20, 5, "trainer.meta_batch=16"), 98.9, 60_000),
+        ),
+        ("algo=maml",),
+    ),
+    "maml-mini-imagenet": Table(
+        "mini_imagenet",
+        (
+            Setting("5-way 1-shot", _ways_shots(5, 1), 48.70, 60_000),
+            Setting("5-way 5-shot", _ways_shots(5, 5, "trainer.meta_batch=2"), 63.11, 60_000),
+        ),
+        ("algo=maml",),
+    ),
+    "protonet-omniglot": Table(
+        "omniglot",
+        (
+            Setting("5-way 1-shot", _ways_shots(5, 1), 98.8, 20_000),
+            Setting("5-way 5-shot", _ways_shots(5, 5), 99.7, 20_000),
+            Setting("20-way 1-shot", _ways_shots(20, 1), 96.0, 20_000),
+            Setting("20-way 5-shot", _ways_shots(20, 5), 98.9, 20_000),
+        ),
+        ("algo=protonet",),
+    ),
+    "protonet-mini-imagenet": Table(
+        "mini_imagenet",
+        (
+            Setting("5-way 1-shot", _ways_shots(5, 1, "data.train_ways=30"), 49.42, 20_000),
+            Setting("5-way 5-shot", _ways_shots(5, 5, "data.train_ways=20"), 68.20, 20_000),
+        ),
+        ("algo=protonet",),
+    ),
+    "cpu-seeds": Table(
+        "omniglot",
+        (
+            Setting(f"maml, {PAPER_MODE['maml']}", CPU_MAML),
+            Setting(f"protonet, {PAPER_MODE['protonet']}", CPU_PROTONET),
+        ),
+        CPU_LOGGING,
+        cpu=True,
+    ),
+    "cpu-bn-modes": Table(
+        "omniglot",
+        tuple(
+            Setting(f"{algo[0][5:]}, {mode}", (*algo, f"model.bn_mode={mode}"), seeds=(0,))
+            for algo in (CPU_MAML, CPU_PROTONET)
+            for mode in MODES
+        ),
+        CPU_LOGGING,
+        cpu=True,
+    ),
+}
+
+
+def run(table: Table, setting: Setting, args: argparse.Namespace, out: Path) -> None:
+    seeds = setting.seeds or args.seeds
+    steps = []
+    if setting.steps and not table.cpu:
+        budget = max(1, round(setting.steps * args.fraction))
+        every = max(1, budget // 10)  # 10 validations, whatever the budget
+        steps = [
+            f"trainer.steps={budget}",
+            f"trainer.log_every={every}",
+            f"trainer.val_every={every}",
+        ]
+    command = [
+        str(BIN / "metarun"),
+        "-m",
+        f"data={table.data}",
+        f"data.root={args.root}",
+        *([f"data.split={args.split}"] if table.data == "omniglot" else []),
+        *table.common,
+        *setting.overrides,
+        *steps,
+        "trainer.progress=false",
+        "eval.batch=20",  # 20-way evaluation batches fit in a few GB (omniglot_metric.sh)
+        f"seed={','.join(map(str, seeds))}",
+        f"hydra.sweep.dir={out}",
+    ]
+    print("+", " ".join(command), flush=True)
+    subprocess.run(command, check=True)
+
+
+def row(table: Table, setting: Setting, out: Path) -> str:
+    runs = [r for r in collect(out) if "mean" in r]
+    if not runs:
+        return f"| {setting.name} | no finished run | | | | |"
+    groups = seed_groups(runs)
+    if groups:
+        g = groups[0]
+        seeds = len(g["seeds"])
+        val = f"{100 * g['val_mean']:.2f} ± {100 * g['val_ci95']:.2f}"
+        test = f"{100 * g['mean']:.2f} ± {100 * g['ci95']:.2f}"
+        within = f"{100 * g['within_ci95']:.2f}"
+    else:  # one seed: its own intervals over episodes
+        r = runs[0]
+        seeds, within = 1, "–"
+        val = f"{100 * r['val_mean']:.2f} ± {100 * r['val_ci95']:.2f}"
+        test = f"{100 * r['mean']:.2f} ± {100 * r['ci95']:.2f}"
+    r = runs[0]
+    budget = f"{r['steps']} steps, {r['data']}, {r.get('bn_mode', '')}"
+    train_min = sum(x["train_sec"] for x in runs) / len(runs) / 60
+    published = "–" if setting.published is None else f"{setting.published:.2f}"
+    return (
+        f"| {setting.name} | {val} | {test} | {seeds} | {within} | {published} "
+        f"| {budget}; {train_min:.1f} min per run |"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("table", choices=sorted(TABLES))
+    parser.add_argument("--root", default="../shared/data/omniglot", help="data.root")
+    parser.add_argument("--split", default="characters", help="data.split (Omniglot)")
+    parser.add_argument("--fraction", type=float, default=1.0, help="of the paper's steps")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=Path("multirun/reproduce"))
+    parser.add_argument("--report-only", action="store_true", help="tabulate, run nothing")
+    args = parser.parse_args(argv)
+    table = TABLES[args.table]
+    lines = [
+        f"`python scripts/reproduce.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
+        "",
+        "| setting | validation % (mean ± 95% CI) | test % (mean ± 95% CI) | seeds "
+        "| mean within-run CI | published | budget |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for setting in table.settings:
+        out = args.out / args.table / setting.name.replace(" ", "_").replace(",", "")
+        if not args.report_only:
+            run(table, setting, args, out)
+        lines.append(row(table, setting, out))
+    text = "\n".join(lines)
+    print(text)
+    (args.out / f"{args.table}.md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
