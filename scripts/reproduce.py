@@ -3,7 +3,8 @@
     python scripts/reproduce.py TABLE [--root DIR] [--split SPLIT] [--fraction F] [--seeds 0 1 2]
 
 Each table is a list of settings (ways, shots and what the paper changes with them); every
-setting runs as one ``metarun -m`` sweep over ``--seeds`` into ``OUT/TABLE/<setting>``, and the
+setting runs once per seed (``--seeds``) into ``OUT/<data>/<setting>/seed<N>``, a run already
+finished there is kept (so an interrupted table resumes, and tables share their runs), and the
 table printed at the end (and written to ``OUT/TABLE.md``) has, per setting, the validation
 and test accuracy as means over the seeds ± the 95% t-interval across seeds
 (:func:`metarun.report.seed_groups`; one seed: that run's own interval), the figure the paper
@@ -139,7 +140,6 @@ TABLES = {
 
 
 def run(table: Table, setting: Setting, args: argparse.Namespace, out: Path) -> None:
-    seeds = setting.seeds or args.seeds
     steps = []
     if setting.steps and not table.cpu:
         budget = max(1, round(setting.steps * args.fraction))
@@ -151,7 +151,6 @@ def run(table: Table, setting: Setting, args: argparse.Namespace, out: Path) -> 
         ]
     command = [
         str(BIN / "metarun"),
-        "-m",
         f"data={table.data}",
         f"data.root={args.root}",
         *([f"data.split={args.split}"] if table.data == "omniglot" else []),
@@ -160,15 +159,18 @@ def run(table: Table, setting: Setting, args: argparse.Namespace, out: Path) -> 
         *steps,
         "trainer.progress=false",
         "eval.batch=20",  # 20-way evaluation batches fit in a few GB (omniglot_metric.sh)
-        f"seed={','.join(map(str, seeds))}",
-        f"hydra.sweep.dir={out}",
     ]
-    print("+", " ".join(command), flush=True)
-    subprocess.run(command, check=True)
+    for seed in setting.seeds or args.seeds:
+        run_dir = out / f"seed{seed}"
+        if not (run_dir / "result.json").exists():
+            seeded = [*command, f"seed={seed}", f"hydra.run.dir={run_dir}"]
+            print("+", " ".join(seeded), flush=True)
+            subprocess.run(seeded, check=True)
 
 
-def row(table: Table, setting: Setting, out: Path) -> str:
-    runs = [r for r in collect(out) if "mean" in r]
+def row(setting: Setting, args: argparse.Namespace, out: Path) -> str:
+    seeds = setting.seeds or args.seeds
+    runs = [r for r in collect(out) if "mean" in r and r["seed"] in seeds]
     if not runs:
         return f"| {setting.name} | no finished run | | | | |"
     groups = seed_groups(runs)
@@ -212,10 +214,14 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for setting in table.settings:
-        out = args.out / args.table / setting.name.replace(" ", "_").replace(",", "")
+        name = setting.name.replace(" ", "_").replace(",", "")
+        budget = "cpu" if table.cpu else f"{args.fraction:g}"
+        out = (
+            args.out / f"{table.data}-{args.split}-{budget}" / f"{args.table.split('-')[0]}_{name}"
+        )
         if not args.report_only:
             run(table, setting, args, out)
-        lines.append(row(table, setting, out))
+        lines.append(row(setting, args, out))
     text = "\n".join(lines)
     print(text)
     (args.out / f"{args.table}.md").write_text(text + "\n")

@@ -1,0 +1,56 @@
+"""scripts/reproduce.py: where each table's runs go and what its table prints."""
+
+import json
+
+import pytest
+from scripts import reproduce
+
+
+def fake_run(run_dir, seed: int, val: float, test: float) -> None:
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(f"- algo=maml\n- seed={seed}\n")
+    (run_dir / "config.yaml").write_text("seed: 0\n")
+    result = {
+        "metric": "accuracy",
+        "mean": test,
+        "ci95": 0.01,
+        "val_mean": val,
+        "val_ci95": 0.02,
+        "seed": seed,
+        "steps": 600,
+        "data": "omniglot",
+        "bn_mode": "transductive",
+        "train_sec": 120.0,
+    }
+    (run_dir / "result.json").write_text(json.dumps(result))
+
+
+def test_a_table_of_finished_runs_is_reported_over_seeds(tmp_path, capsys):
+    runs = tmp_path / "omniglot-minimal1-cpu"
+    for seed, val, test in ((0, 0.80, 0.90), (1, 0.82, 0.86), (2, 0.84, 0.88)):
+        fake_run(runs / "cpu_maml_transductive" / f"seed{seed}", seed, val, test)
+    fake_run(runs / "cpu_maml_support" / "seed0", 0, 0.7, 0.75)
+    reproduce.main(["cpu-seeds", "--split", "minimal1", "--out", str(tmp_path), "--report-only"])
+    table = (tmp_path / "cpu-seeds.md").read_text()
+    # Over 3 seeds: mean ± t(0.975, 2) · sd / √3, sd = 0.02 for both.
+    half = 100 * 4.302652729749462 * 0.02 / 3**0.5
+    assert f"| maml, transductive | 82.00 ± {half:.2f} | 88.00 ± {half:.2f} | 3 | 1.00 |" in table
+    assert "| protonet, running | no finished run |" in table
+    # The BatchNorm table shares the runs and takes seed 0 alone, with its own intervals.
+    reproduce.main(["cpu-bn-modes", "--split", "minimal1", "--out", str(tmp_path), "--report-only"])
+    table = (tmp_path / "cpu-bn-modes.md").read_text()
+    assert "| maml, transductive | 80.00 ± 2.00 | 90.00 ± 1.00 | 1 | – |" in table
+    assert "| maml, support | 70.00 ± 2.00 | 75.00 ± 1.00 | 1 | – |" in table
+    assert table in capsys.readouterr().out
+
+
+def test_paper_tables_carry_the_published_figures():
+    maml = reproduce.TABLES["maml-omniglot"]
+    assert [(s.name, s.published) for s in maml.settings] == [
+        ("5-way 1-shot", 98.7),
+        ("5-way 5-shot", 99.9),
+        ("20-way 1-shot", 95.8),
+        ("20-way 5-shot", 98.9),
+    ]
+    with pytest.raises(SystemExit):
+        reproduce.main(["no-such-table"])
