@@ -20,7 +20,13 @@ import orbax.checkpoint as ocp
 import pytest
 
 import metarun.train as train_module
-from metarun.checkpoint import STATE_DIR, Checkpoints, CheckpointWriteError, check_resumable
+from metarun.checkpoint import (
+    STATE_DIR,
+    Checkpoints,
+    CheckpointWriteError,
+    StopSignals,
+    check_resumable,
+)
 from metarun.config import ConfigError, compose, to_dict, validate
 from metarun.train import train
 
@@ -90,7 +96,9 @@ def assert_same(run_dir: Path, reference: Path) -> None:
             np.testing.assert_array_equal(a, b)
 
 
-def test_sigterm_stops_the_cli_and_the_same_command_resumes_it(reference, tmp_path, compile_once):
+def start_cli(tmp_path: Path, compile_once: dict):
+    """``metarun`` RUN in ``tmp_path/run``, once it has logged step 50: ``(run dir, command,
+    environment, process)``, its stdout a pipe."""
     run_dir = tmp_path / "run"
     command = [str(Path(sys.executable).with_name("metarun")), *RUN, f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", **compile_once}
@@ -100,6 +108,11 @@ def test_sigterm_stops_the_cli_and_the_same_command_resumes_it(reference, tmp_pa
     while not (metrics.exists() and metrics.read_text()):  # step 50 is logged
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
         time.sleep(0.005)
+    return run_dir, command, env, proc
+
+
+def test_sigterm_stops_the_cli_and_the_same_command_resumes_it(reference, tmp_path, compile_once):
+    run_dir, command, env, proc = start_cli(tmp_path, compile_once)
     # Frozen, it gets SIGTERM at the step it stopped at, however slowly these calls come.
     proc.send_signal(signal.SIGSTOP)
     proc.send_signal(signal.SIGTERM)
@@ -128,6 +141,54 @@ def test_sigterm_stops_the_cli_and_the_same_command_resumes_it(reference, tmp_pa
         assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr.decode() and b"Traceback" not in proc.stderr
     assert tree(run_dir) == before
+
+
+def test_a_second_sigterm_still_stops_with_a_checkpoint(reference, tmp_path, compile_once):
+    """SIGTERM twice (a wrapper forwarding the signal its process group got too; SLURM
+    signals every process of a job): the stop under way still writes its checkpoint, exits
+    with 143, and the same command resumes to the uninterrupted run's numbers."""
+    run_dir, command, env, proc = start_cli(tmp_path, compile_once)
+    proc.send_signal(signal.SIGSTOP)
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGCONT)
+    seen = []
+    while not (seen and "SIGTERM: stopping after this step" in seen[-1]):
+        seen.append(proc.stdout.readline())  # "" (and a failed check below) if it exited
+        assert seen[-1] or proc.wait(timeout=60) is None, "".join(seen)
+    # The first one was handled (two sent at once would be one): this one comes during the stop.
+    proc.send_signal(signal.SIGTERM)
+    output = "".join(seen) + proc.communicate(timeout=120)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, output
+    assert "SIGTERM again: still stopping after this step, with a checkpoint" in output
+    with Checkpoints(run_dir, keep=2) as checkpoints:
+        stopped = checkpoints.latest()
+    assert stopped is not None and 0 < stopped < 600, output
+    assert f"stopped after step {stopped}; the training state is in {run_dir}" in output
+
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert f"resuming from the checkpoint at step {stopped}" in proc.stdout + proc.stderr
+    assert_same(run_dir, reference)
+
+
+def test_only_a_second_sigint_acts_at_once():
+    """Ctrl-C twice raises KeyboardInterrupt there and then; repeated SIGTERM and SIGUSR2
+    only wait for the checkpoint, then exit as the first signal would have."""
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.received == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    with StopSignals() as stop:
+        for signum in (signal.SIGTERM, signal.SIGTERM, signal.SIGUSR2, signal.SIGTERM):
+            os.kill(os.getpid(), signum)
+        assert stop.received == signal.SIGTERM
+        with pytest.raises(SystemExit) as exit_:
+            stop.forward()  # what the loop does once the checkpoint is written
+    assert exit_.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def tree(root: Path) -> dict[str, bytes]:

@@ -210,8 +210,12 @@ class StopSignals:
     before the time limit, or of preemption) requeues the job and exits, Python's SIGINT
     handler raises KeyboardInterrupt. With no handler, or one that returns (submitit only
     logs SIGTERM), the process exits with 128 + the signal's number, as if killed by it.
-    A second signal before then acts at once (a second Ctrl-C). Signals that were ignored
-    stay ignored; the handlers are put back on leaving.
+
+    Only a SIGINT during the stop acts at once (a person pressing Ctrl-C twice): it goes to
+    its handler there and then, so the checkpoint under way may be lost. Another SIGTERM or
+    SIGUSR2 is only logged, since one is often sent twice: a ``timeout`` or ``srun`` wrapper
+    forwards the signal the process group got too, and SLURM signals every process of a job.
+    Signals that were ignored stay ignored; the handlers are put back on leaving.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
@@ -235,11 +239,18 @@ class StopSignals:
             signal.signal(signum, previous)
 
     def _handle(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
         if self.received is None:
             self.received = signum
-            log.warning("%s: stopping after this step", signal.Signals(signum).name)
-        else:
+            log.warning("%s: stopping after this step", name)
+        elif signum == signal.SIGINT:
             self._call_previous(signum, frame)
+        else:
+            log.warning(
+                "%s again: still stopping after this step, with a checkpoint (Ctrl-C stops "
+                "at once, without one)",
+                name,
+            )
 
     def requested(self, at_log_step: bool) -> bool:
         """Whether to stop after this step. The processes of a multi-process run must stop at
