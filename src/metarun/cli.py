@@ -76,13 +76,20 @@ class Preflight(Callback):
     task function, so a config refused there would already have overwritten an existing run's
     saved config. ``on_run_start`` comes first: the schema's checks and a refused resume
     (``trainer.resume=auto`` on a checkpoint of another config) stop the run here, leaving
-    the run dir untouched. Sweep jobs get fresh dirs and are checked in the task function, where
-    one refused job does not stop the others.
+    the run dir untouched; so do the algorithm's refusals of a model or setting
+    (:func:`metarun.train.check`), found without loading the data. Sweep jobs get fresh dirs
+    and are checked in the task function, where one refused job does not stop the others.
     """
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         try:
             checked = validate(_task(config))
+            from metarun import distributed
+
+            if not distributed.wanted(checked.trainer.distributed):  # JAX must wait for it
+                from metarun.train import check
+
+                check(checked)  # what build() refuses (algorithm vs model, ...), no data loaded
             run_dir = Path(str(config.hydra.run.dir))
             if checked.trainer.resume == "auto" and (run_dir / "checkpoints").is_dir():
                 from metarun.checkpoint import resume_point

@@ -80,21 +80,29 @@ def build(config: Config) -> Experiment:
     prepare_sec = time.perf_counter() - start
     model = models.make(config.model, source.output_dim)
     learner, eval_learner = make_learners(config, model, source.objective)
-    train_ways = getattr(config.data, "train_ways", None)
-    if train_ways not in (None, source.output_dim) and not learner.any_ways:
-        raise ConfigError(
-            f"data.train_ways={train_ways} is invalid with algo={config.algo.name}: its model "
-            f"has a head of data.ways={source.output_dim} outputs; train with data.ways "
-            "classes, or use a metric-based learner (protonet, matchingnet, relationnet, siamese)"
-        )
     optimizer = optim.make(config.optim, config.trainer.steps)
     return Experiment(config, source, model, learner, optimizer, prepare_sec, eval_learner)
 
 
+def check(config: Config) -> None:
+    """Raise the :class:`ConfigError` that :func:`build` would, without loading any data
+    (the dataset's spec gives the shapes): the CLI calls it before Hydra writes the run dir."""
+    spec = data.spec(config.data)
+    make_learners(config, models.make(config.model, spec.output_dim), spec.objective)
+
+
 def make_learners(config: Config, model: nn.Module, objective) -> tuple[MetaLearner, MetaLearner]:
-    """The meta-training learner and the evaluation one (:class:`Experiment`), refusing a
-    ``model.bn_mode`` that the algorithm cannot honour."""
+    """The meta-training learner and the evaluation one (:class:`Experiment`), refusing
+    training ways other than the head's for a learner with a head, and a ``model.bn_mode``
+    that the algorithm cannot honour."""
     learner = algos.make(config.algo, models.network(model, config.trainer.precision), objective)
+    train_ways, ways = getattr(config.data, "train_ways", None), model.output_dim
+    if train_ways not in (None, ways) and not learner.any_ways:
+        raise ConfigError(
+            f"data.train_ways={train_ways} is invalid with algo={config.algo.name}: its model "
+            f"has a head of data.ways={ways} outputs; train with data.ways classes, or use a "
+            "metric-based learner (protonet, matchingnet, relationnet, siamese)"
+        )
     mode = models.bn_mode(model)
     if mode not in learner.bn_modes:
         raise ConfigError(

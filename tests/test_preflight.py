@@ -1,0 +1,57 @@
+"""What the algorithm refuses of a config is refused before Hydra writes the run dir.
+
+``metarun.cli.Preflight`` calls :func:`metarun.train.check` (the learner built from the
+dataset's spec, no data loaded), so a refused command leaves an existing run dir as it was.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.data import fixtures
+
+METARUN = str(Path(sys.executable).with_name("metarun"))
+OMNIGLOT = ["data=omniglot", f"data.root={fixtures.OMNIGLOT_DIR}", "data.split=minimal1"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["algo=reptile", "algo.first_order=false"],
+            "algo.first_order=False is invalid: Reptile is first-order",
+        ),
+        (
+            ["algo=relationnet", *OMNIGLOT, "model=mlp"],
+            "algo=relationnet is invalid with this model",
+        ),
+        (
+            ["algo=maml", *OMNIGLOT, "data.train_ways=10"],
+            "data.train_ways=10 is invalid with algo=maml",
+        ),
+        (
+            ["algo=mann", *OMNIGLOT, "model.bn_mode=support"],
+            "model.bn_mode=support is invalid with algo=mann",
+        ),
+    ],
+    ids=["reptile-second-order", "relationnet-mlp", "train-ways-with-a-head", "bn-mode"],
+)
+def test_a_refused_config_leaves_the_run_dir_untouched(tmp_path, overrides, message):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "result.json").write_text("{}")  # an earlier run's
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        [METARUN, *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert [p.name for p in run_dir.iterdir()] == ["result.json"]
