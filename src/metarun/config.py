@@ -22,6 +22,11 @@ class ConfigError(ValueError):
     """A config value is out of range or inconsistent; the message names the key."""
 
 
+class DataError(ValueError):
+    """A dataset's files are missing, damaged or not what a loader reads (``metarun.data``);
+    the message names the file and the fix."""
+
+
 def _check(ok: bool, key: str, value: Any, rule: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r} is invalid: {rule}")
@@ -344,7 +349,6 @@ class OmniglotConfig(ImageEpisodes):
     """Omniglot (Lake et al. 2015) from the official archives; splits in data/omniglot.py."""
 
     name: str = "omniglot"
-    source: str = "archives"  # the official zips in `root`, prepared by a TFDS builder
     root: str = ""  # folder with images_background.zip, ..._small1.zip, ... (TFDS manual dir)
     download: bool = False  # fetch missing archives from the official URL (checksummed)
     cache_dir: str = ""  # prepared records + .npz; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
@@ -358,7 +362,6 @@ class OmniglotConfig(ImageEpisodes):
 
     def __post_init__(self) -> None:
         self._check_episodes()
-        _check_choice("data.source", self.source, ("archives",))
         _check(
             bool(self.root),
             "data.root",
