@@ -36,8 +36,23 @@ OMNIGLOT = ["data=omniglot", f"data.root={fixtures.OMNIGLOT_DIR}", "data.split=m
             ["algo=mann", *OMNIGLOT, "model.bn_mode=support"],
             "model.bn_mode=support is invalid with algo=mann",
         ),
+        (
+            ["algo=lstm_opt", "data=quadratic", "trainer.precision=bf16"],
+            "trainer.precision=bf16 is invalid with algo=lstm_opt and data=quadratic",
+        ),
+        (
+            ["algo=snail", *OMNIGLOT, "trainer.precision=bf16"],
+            "trainer.precision=bf16 is invalid with algo=snail and data=omniglot",
+        ),
     ],
-    ids=["reptile-second-order", "relationnet-mlp", "train-ways-with-a-head", "bn-mode"],
+    ids=[
+        "reptile-second-order",
+        "relationnet-mlp",
+        "train-ways-with-a-head",
+        "bn-mode",
+        "bf16-quadratic",
+        "bf16-snail",
+    ],
 )
 def test_a_refused_config_leaves_the_run_dir_untouched(tmp_path, overrides, message):
     run_dir = tmp_path / "run"

@@ -103,6 +103,12 @@ def make_learners(config: Config, model: nn.Module, objective) -> tuple[MetaLear
             f"has a head of data.ways={ways} outputs; train with data.ways classes, or use a "
             "metric-based learner (protonet, matchingnet, relationnet, siamese)"
         )
+    if config.trainer.precision == "bf16" and not learner.bf16:
+        raise ConfigError(
+            f"trainer.precision=bf16 is invalid with algo={config.algo.name} and "
+            f"data={config.data.name}: its computation runs in float32 whatever the precision; "
+            "use trainer.precision=fp32"
+        )
     mode = models.bn_mode(model)
     if mode not in learner.bn_modes:
         raise ConfigError(

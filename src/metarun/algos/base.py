@@ -54,7 +54,8 @@ class MetaLearner(NamedTuple):
       and ``task_norm`` by giving the network the support set as the context of its query
       passes (``net.apply(params, query_x, support_x)``), and ``running`` by keeping its
       model parameters at ``meta_params[encoder_key]`` (the whole ``meta_params`` when
-      ``encoder_key`` is None), where the meta-step updates the running averages.
+      ``encoder_key`` is None), where the meta-step updates the running averages;
+    * ``bf16``: whether ``trainer.precision=bf16`` reaches its computation.
     """
 
     init: Callable[[Params, PRNGKey, Episode], MetaParams]
@@ -65,6 +66,9 @@ class MetaLearner(NamedTuple):
     any_ways: bool = False
     report: Callable[..., dict] | None = None
     bn_modes: tuple[str, ...] = ("transductive",)
+    # Whether trainer.precision=bf16 reaches its computation: False for the learners whose
+    # own networks (a controller, a learned optimizer) run in float32 around the model.
+    bf16: bool = True
     encoder_key: str | None = None
 
 

@@ -439,6 +439,7 @@ def from_config(cfg, net, objective: Objective) -> MetaLearner:
     if objective is not quadratic.QUADRATIC:
         return lstm_opt(net.apply, objective, **sizes, **rule)
     learner = lstm_opt(quadratic.predict, objective, start=quadratic.start, **sizes, **rule)
+    learner = learner._replace(bf16=False)  # no network: a quadratic in float32
 
     def learned(meta_params) -> optax.GradientTransformation:
         return lstm_optimizer(meta_params["lstm"], **rule)

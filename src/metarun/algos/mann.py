@@ -322,7 +322,8 @@ def mann(
 
         return jax.grad(loss, has_aux=True)(meta_params)
 
-    return MetaLearner(init=init, adapt=adapt, predict=predict, outer_grad=outer_grad)
+    # The controller and memory run in float32 whatever trainer.precision says.
+    return MetaLearner(init=init, adapt=adapt, predict=predict, outer_grad=outer_grad, bf16=False)
 
 
 @algos.register("mann")

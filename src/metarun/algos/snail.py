@@ -197,7 +197,8 @@ def snail(
         logits = network(onehot.shape[-1], depth, context).apply({"params": params}, x)
         return logits[context:]
 
-    return MetaLearner(init=init, adapt=adapt, predict=predict)
+    # The TC and attention blocks run in float32 whatever trainer.precision says.
+    return MetaLearner(init=init, adapt=adapt, predict=predict, bf16=False)
 
 
 @algos.register("snail")
