@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import jax
 import optax
 
 from metarun.config import OptimConfig
+
+# Meta-parameters that are not weights, which ``optim=adamw`` leaves undecayed: learned
+# inner learning rates (Meta-SGD, MAML++'s LSLR), lstm_opt's fixed starting point and
+# BatchNorm's running averages (model.bn_mode=running).
+NOT_WEIGHTS = ("inner_lr", "init", "running_mean", "running_var")
+
+
+def decayed(params):
+    """The ``optim.weight_decay`` mask: True for the leaves that are weights."""
+
+    def is_weight(path, _) -> bool:
+        return not any(getattr(k, "key", None) in NOT_WEIGHTS for k in path)
+
+    return jax.tree_util.tree_map_with_path(is_weight, params)
 
 
 def make(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
@@ -17,7 +32,7 @@ def make(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
     if cfg.name == "adam":
         opt = optax.adam(lr)
     elif cfg.name == "adamw":
-        opt = optax.adamw(lr, weight_decay=cfg.weight_decay)
+        opt = optax.adamw(lr, weight_decay=cfg.weight_decay, mask=decayed)
     else:
         opt = optax.sgd(lr, momentum=cfg.momentum or None)
     if cfg.clip_norm > 0:

@@ -1,0 +1,45 @@
+"""The outer optimizer's options against their closed forms (one or two steps by hand)."""
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from metarun import optim
+from metarun.config import OptimConfig
+
+PARAMS = {"w": jnp.array([1.0, -2.0]), "inner_lr": {"w": jnp.array([0.5, 0.5])}}
+G1 = {"w": jnp.array([0.3, -0.1]), "inner_lr": {"w": jnp.array([0.2, -0.4])}}
+G2 = {"w": jnp.array([-0.5, 0.2]), "inner_lr": {"w": jnp.array([0.1, 0.1])}}
+
+
+def steps(cfg: OptimConfig, total: int = 10, grads=(G1, G2)):
+    opt = optim.make(cfg, total)
+    state, out = opt.init(PARAMS), []
+    for g in grads:
+        update, state = opt.update(g, state, PARAMS)
+        out.append(update)
+    return out
+
+
+def test_sgd_with_momentum():
+    u1, u2 = steps(OptimConfig(name="sgd", lr=0.1, momentum=0.9))
+    np.testing.assert_allclose(u1["w"], -0.1 * G1["w"], rtol=1e-6)
+    np.testing.assert_allclose(u2["w"], -0.1 * (G2["w"] + 0.9 * G1["w"]), rtol=1e-6)
+
+
+def test_adamw_decays_weights_and_nothing_else():
+    (u1,) = steps(OptimConfig(name="adamw", lr=0.01, weight_decay=0.1), grads=(G1,))
+    adam = G1["w"] / (jnp.abs(G1["w"]) + 1e-8)  # the first bias-corrected Adam step
+    np.testing.assert_allclose(u1["w"], -0.01 * (adam + 0.1 * PARAMS["w"]), rtol=1e-5)
+    rate = G1["inner_lr"]["w"] / (jnp.abs(G1["inner_lr"]["w"]) + 1e-8)
+    np.testing.assert_allclose(u1["inner_lr"]["w"], -0.01 * rate, rtol=1e-5)
+
+
+@pytest.mark.parametrize("step", [0, 4, 9])
+def test_cosine_schedule_decays_from_lr_to_min_lr(step):
+    cfg = OptimConfig(name="sgd", lr=0.1, schedule="cosine", min_lr=0.001)
+    updates = steps(cfg, total=10, grads=[G1] * (step + 1))
+    lr = 0.001 + (0.1 - 0.001) * 0.5 * (1 + math.cos(math.pi * step / 10))
+    np.testing.assert_allclose(updates[step]["w"], -lr * G1["w"], rtol=1e-5)
