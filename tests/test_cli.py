@@ -7,9 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from metarun import report
 from metarun.report import collect, markdown
 from tests.conftest import FAST
+from tests.data import fixtures
 
 METARUN = str(Path(sys.executable).with_name("metarun"))
 
@@ -124,3 +128,55 @@ def test_cfg_job_prints_the_composed_config(tmp_path):
     proc = run("--cfg", "job", "algo=anil", cwd=tmp_path)
     assert proc.returncode == 0
     assert "name: anil" in proc.stdout and "inner_steps: 10" in proc.stdout
+
+
+def _omniglot_root(tmp_path: Path) -> Path:
+    """Synthetic archives named as data.split=minimal1 reads them (small1, then small2)."""
+    root = tmp_path / "omniglot"
+    root.mkdir()
+    for seed, name in enumerate(("images_background_small1", "images_background_small2")):
+        fixtures.omniglot_zip(root, name, ["Alpha", "Bravo", "Charlie"], seed=seed)
+    return root
+
+
+def refused_data(proc: subprocess.CompletedProcess) -> str:
+    """The one paragraph a data fault prints: exit 2, no traceback, no Hydra error."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "Error executing job" not in proc.stderr
+    assert "metarun: bad data: " in proc.stderr, proc.stderr  # after TFDS's progress bars
+    return proc.stderr.split("metarun: bad data: ", 1)[1]
+
+
+@pytest.mark.parametrize("fault", ["truncated", "missing"])
+def test_a_truncated_or_missing_omniglot_archive_is_one_message(tmp_path, fault):
+    root = _omniglot_root(tmp_path)
+    path = root / "images_background_small1.zip"
+    if fault == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        path.unlink()
+    omniglot = ["data=omniglot", f"data.root={root}", "data.split=minimal1"]
+    proc = run(*FAST, *omniglot, f"data.cache_dir={tmp_path}/cache", cwd=tmp_path)
+    stderr = refused_data(proc)
+    if fault == "truncated":
+        assert f"{path} is not a readable Omniglot archive" in stderr
+        assert "probably truncated or corrupt: replace it with a fresh copy" in stderr
+    else:
+        assert "images_background_small1.zip is missing" in stderr and str(root) in stderr
+        assert "data.download=true" in stderr or "download=True" in stderr
+
+
+def test_a_malicious_mini_imagenet_pickle_is_one_message_and_never_run(tmp_path):
+    root = tmp_path / "mini"
+    root.mkdir()
+    marker = tmp_path / "pwned"
+    fixtures.malicious_pickle(root / "mini-imagenet-cache-train.pkl", marker)
+    for split in ("val", "test"):
+        fixtures.mini_imagenet_pickle(
+            root, split, {fixtures.wnid(0): np.zeros((1, 84, 84, 3), np.uint8)}
+        )
+    data = ["data=mini_imagenet", f"data.root={root}", f"data.cache_dir={tmp_path}/cache"]
+    stderr = refused_data(run(*FAST, *data, cwd=tmp_path))
+    assert f"{root / 'mini-imagenet-cache-train.pkl'}: refusing to load " in stderr
+    assert "Delete it, and use the official pickles or the CSV distribution" in stderr
+    assert not marker.exists()

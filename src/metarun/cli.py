@@ -17,7 +17,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from metarun.config import ConfigError, conf_dir, register_configs, validate
+from metarun.config import ConfigError, DataError, conf_dir, register_configs, validate
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,9 @@ def refuse(err: Exception) -> None:
 
     if isinstance(err, ConfigError):
         print(f"metarun: invalid config: {err}", file=sys.stderr)
+        sys.exit(2)
+    if isinstance(err, DataError):  # a damaged, missing or foreign dataset file
+        print(f"metarun: bad data: {err}", file=sys.stderr)
         sys.exit(2)
     if isinstance(err, FileNotFoundError):  # a dataset that is not where data.root says
         print(f"metarun: missing data: {err}", file=sys.stderr)

@@ -5,6 +5,7 @@ import pickle
 import numpy as np
 import pytest
 
+from metarun.config import DataError
 from metarun.data import arrays
 from metarun.data.mini_imagenet_tfds import load_mini_imagenet, load_pickle
 
@@ -81,7 +82,7 @@ def test_second_load_reads_only_the_cache(csv_dataset, tmp_path):
 def test_malicious_pickle_is_refused_and_not_run(tmp_path):
     marker = tmp_path / "pwned"
     path = fixtures.malicious_pickle(tmp_path / "evil.pkl", marker)
-    with pytest.raises(pickle.UnpicklingError, match=r"refusing to load (posix|os|nt)\.system"):
+    with pytest.raises(DataError, match=r"refusing to load (posix|os|nt)\.system"):
         load_pickle(path)
     root = tmp_path / "root"
     root.mkdir()
@@ -90,7 +91,7 @@ def test_malicious_pickle_is_refused_and_not_run(tmp_path):
         fixtures.mini_imagenet_pickle(
             root, split, {fixtures.wnid(0): np.zeros((1, 84, 84, 3), np.uint8)}
         )
-    with pytest.raises(pickle.UnpicklingError, match="mini-imagenet-cache-train.pkl"):
+    with pytest.raises(DataError, match="mini-imagenet-cache-train.pkl"):
         load_mini_imagenet(root, "train", cache_dir=tmp_path / "cache")
     assert not marker.exists()
 
@@ -98,7 +99,7 @@ def test_malicious_pickle_is_refused_and_not_run(tmp_path):
 def test_pickle_of_the_wrong_shape_is_refused(tmp_path):
     path = tmp_path / "odd.pkl"
     path.write_bytes(pickle.dumps({"image_data": np.zeros((2, 84, 84), np.uint8)}))
-    with pytest.raises(ValueError, match="odd.pkl is not a mini-ImageNet pickle"):
+    with pytest.raises(DataError, match="odd.pkl is not a mini-ImageNet pickle"):
         load_pickle(path)
 
 
@@ -117,9 +118,9 @@ def _pickle_root(root, sizes=None):
 def test_truncated_pickle_names_the_file_and_the_fix(tmp_path):
     path = _pickle_root(tmp_path / "root") / "mini-imagenet-cache-train.pkl"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(ValueError, match="mini-imagenet-cache-train.pkl is truncated or corrupt"):
+    with pytest.raises(DataError, match="mini-imagenet-cache-train.pkl is truncated or corrupt"):
         load_pickle(path)
-    with pytest.raises(ValueError, match="replace it with a fresh, complete download") as error:
+    with pytest.raises(DataError, match="replace it with a fresh, complete download") as error:
         load_mini_imagenet(tmp_path / "root", "train", cache_dir=tmp_path / "cache")
     assert str(path) in str(error.value)
 
@@ -129,7 +130,7 @@ def test_pickle_class_with_too_few_images_is_named(tmp_path, count):
     label = _labels("val")[0]
     root = _pickle_root(tmp_path / "root", {label: count})
     with pytest.raises(
-        ValueError,
+        DataError,
         match=rf"mini-imagenet-cache-val.pkl: class {label} has {count} images but the largest "
         rf"class has {PER_CLASS}; every class must have as many \(600 in the official files\)",
     ):
@@ -142,16 +143,24 @@ def test_csv_class_with_too_few_images_is_named(tmp_path):
     rows = listed.read_text().splitlines()
     label = rows[-1].split(",")[1]  # rows cycle through the classes: this one loses an image
     listed.write_text("\n".join(rows[:-1]) + "\n")
-    with pytest.raises(ValueError, match=rf"test.csv: class {label} has {PER_CLASS - 1} images"):
+    with pytest.raises(DataError, match=rf"test.csv: class {label} has {PER_CLASS - 1} images"):
         load_mini_imagenet(tmp_path, "test", cache_dir=tmp_path / "cache")
+
+
+def test_missing_jpeg_is_named(tmp_path):
+    _csv_root(tmp_path)
+    missing = tmp_path / "images" / (tmp_path / "val.csv").read_text().splitlines()[1].split(",")[0]
+    missing.unlink()
+    with pytest.raises(DataError, match=rf"{missing}, listed in .*val.csv, is missing or unread"):
+        load_mini_imagenet(tmp_path, "val", cache_dir=tmp_path / "cache")
 
 
 def test_missing_split_names_the_files(tmp_path):
     root = tmp_path / "root"
     fixtures.mini_imagenet_csv(root, "train", [fixtures.wnid(0)], 1)
-    with pytest.raises(FileNotFoundError, match="mini-imagenet-cache-val.pkl nor val.csv"):
+    with pytest.raises(DataError, match="mini-imagenet-cache-val.pkl nor val.csv"):
         load_mini_imagenet(root, "train", cache_dir=tmp_path / "cache")
-    with pytest.raises(FileNotFoundError, match="mini-imagenet-cache-train.pkl"):
+    with pytest.raises(DataError, match="mini-imagenet-cache-train.pkl"):
         load_mini_imagenet(tmp_path / "nowhere", "train", cache_dir=tmp_path / "cache")
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metarun.config import ConfigError
+from metarun.config import ConfigError, DataError
 from metarun.data import arrays
 from metarun.data.omniglot_tfds import load_omniglot
 
@@ -104,7 +104,7 @@ def test_missing_archive_names_it_and_never_downloads(full_root, tmp_path, monke
         "other_archive": full_root,
     }
     root["empty"].mkdir()
-    with pytest.raises(FileNotFoundError, match=r"images_background_small1\.zip") as error:
+    with pytest.raises(DataError, match=r"images_background_small1\.zip") as error:
         load_omniglot(root[make_root], ("small1",), cache_dir=tmp_path / "cache")
     assert "download=True" in str(error.value) and "manual directory" in str(error.value)
 
@@ -129,7 +129,7 @@ def test_download_only_when_asked_fetches_the_official_url(full_root, tmp_path, 
 def test_truncated_archive_is_named(full_root, tmp_path):
     path = full_root / "images_background.zip"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(ValueError, match="images_background.zip is not a readable"):
+    with pytest.raises(DataError, match="images_background.zip is not a readable"):
         load_omniglot(full_root, ("background",), cache_dir=tmp_path / "cache")
 
 
@@ -159,7 +159,7 @@ def test_truncated_archive_is_named(full_root, tmp_path):
 def test_damaged_archive_names_the_member_and_the_fix(full_root, tmp_path, change, message):
     path = full_root / "images_background.zip"
     fixtures.edit_zip(path, change)
-    with pytest.raises(ValueError, match=message) as error:
+    with pytest.raises(DataError, match=message) as error:
         load_omniglot(full_root, ("background",), cache_dir=tmp_path)
     assert f"{path}: " in str(error.value) and "replace it with a fresh copy" in str(error.value)
     # Nothing of the damaged archive was kept: a fresh copy is read, not the old records.

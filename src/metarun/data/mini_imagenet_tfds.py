@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from metarun.config import DataError
 from metarun.data import arrays
 
 SPLITS = ("train", "val", "test")
@@ -73,21 +74,22 @@ def load_pickle(path: str | os.PathLike) -> dict:
     """A ``mini-imagenet-cache-<split>.pkl``, checked: ``image_data`` and ``class_dict``.
 
     Raises:
-      pickle.UnpicklingError: the file names anything but the numpy functions above; nothing
-        it names is called.
-      ValueError: the file is truncated or corrupt, or holds something other than the
-        expected dict.
+      DataError: the file names anything but the numpy functions above (nothing it names is
+        called), is truncated or corrupt, or holds something other than the expected dict.
     """
     with open(path, "rb") as f:
         try:
             # latin1: how numpy arrays pickled by Python 2 decode (numpy's own advice).
             data = _ArrayUnpickler(f, encoding="latin1").load()
         except _Refused as e:
-            raise _Refused(f"{path}: {e}") from None
+            raise DataError(
+                f"{path}: {e}. Delete it, and use the official pickles or the CSV "
+                "distribution.\n" + INSTRUCTIONS
+            ) from None
         # A damaged pickle can fail in almost any way: EOFError when truncated, and, as the
         # pickle docs warn, UnpicklingError, AttributeError, IndexError and others.
         except Exception as e:
-            raise ValueError(
+            raise DataError(
                 f"{path} is truncated or corrupt ({type(e).__name__}: {e}); replace it with a "
                 "fresh, complete download.\n" + INSTRUCTIONS
             ) from e
@@ -101,9 +103,10 @@ def load_pickle(path: str | os.PathLike) -> dict:
         and isinstance(classes, dict)
         and all(isinstance(rows, list) for rows in classes.values())
     ):
-        raise ValueError(
+        raise DataError(
             f"{path} is not a mini-ImageNet pickle: expected a dict with image_data "
-            "(uint8 [N, 84, 84, 3]) and class_dict ({wnid: [row, ...]})"
+            "(uint8 [N, 84, 84, 3]) and class_dict ({wnid: [row, ...]}); replace it with the "
+            "official file.\n" + INSTRUCTIONS
         )
     return data
 
@@ -118,7 +121,7 @@ def _check_class_sizes(path: Path, sizes: dict[str, int]) -> None:
     short = sorted((n, label) for label, n in sizes.items() if n < most)
     if short:
         count, label = short[0]
-        raise ValueError(
+        raise DataError(
             f"{path}: class {label} has {count} images but the largest class has {most}; every "
             "class must have as many (600 in the official files), so the file is damaged or not "
             "Ravi & Larochelle's split: replace it with a fresh download.\n" + INSTRUCTIONS
@@ -138,14 +141,23 @@ def _csv_examples(path: Path, image_dir: Path):
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     if not rows or rows[0] != ["filename", "label"]:
-        raise ValueError(f"{path}: expected the header 'filename,label', got {rows[:1]}")
+        raise DataError(
+            f"{path}: expected the header 'filename,label', got {rows[:1]}; replace it with "
+            "the official file.\n" + INSTRUCTIONS
+        )
     _check_class_sizes(path, Counter(label for _, label in rows[1:]))
     counts = defaultdict(int)
     for filename, label in rows[1:]:
         index = counts[label]
         counts[label] += 1
-        with Image.open(image_dir / filename) as image:
-            rgb = np.asarray(image.convert("RGB"))
+        try:
+            with Image.open(image_dir / filename) as image:
+                rgb = np.asarray(image.convert("RGB"))
+        except OSError as e:  # missing, or not an image (PIL.UnidentifiedImageError)
+            raise DataError(
+                f"{image_dir / filename}, listed in {path}, is missing or unreadable ({e}); "
+                "replace the images/ folder with a fresh, complete copy.\n" + INSTRUCTIONS
+            ) from e
         yield (
             f"{label}/{index}",
             {"image": arrays.resize(rgb, IMAGE_SIZE), "label": label, "index": index},
@@ -159,7 +171,7 @@ def _split_examples(manual_dir: Path, split: str):
         return _pickle_examples(pickled)
     if listed.exists():
         return _csv_examples(listed, manual_dir / "images")
-    raise FileNotFoundError(
+    raise DataError(
         f"mini-ImageNet {split} split: neither {pickled.name} nor {listed.name} is in "
         f"{manual_dir}.\n{INSTRUCTIONS}"
     )
@@ -199,7 +211,7 @@ def builder_class():
             try:
                 manual_dir = dl_manager.manual_dir
             except AssertionError as e:  # how TFDS reports a missing or empty manual dir
-                raise FileNotFoundError(f"mini-ImageNet files are missing: {e}") from None
+                raise DataError(f"mini-ImageNet files are missing: {e}") from None
             # Every split's files are found before any is read, so a missing one fails at once.
             examples = {split: _split_examples(manual_dir, split) for split in SPLITS}
             return {split: self._generate_examples(gen) for split, gen in examples.items()}
@@ -248,8 +260,10 @@ def load_mini_imagenet(
       Within a class, images keep their order in the CSV or in the pickle's ``class_dict``.
 
     Raises:
-      ValueError: a file is truncated or corrupt, or one class (an empty one included) has
-        fewer images than the others; the message names the file and the class.
+      DataError: a file is missing, truncated, corrupt or refused (a pickle that names other
+        globals), or one class (an empty one included) has fewer images than the others; the
+        message names the file, the class and the fix.
+      ValueError: an unknown split.
       ConfigError: ``cache_dir`` cannot be written, when a split must be prepared.
     """
     if split not in SPLITS:

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from metarun.config import DataError
 from metarun.data import arrays
 
 
@@ -72,8 +73,8 @@ DRAWING_SIZE = 105
 DRAWINGS_PER_CHARACTER = 20
 
 
-def _damaged(path: os.PathLike, fault: str) -> ValueError:
-    return ValueError(
+def _damaged(path: os.PathLike, fault: str) -> DataError:
+    return DataError(
         f"{path}: {fault}; the archive is damaged or not an official one: replace it with a "
         "fresh copy.\n" + INSTRUCTIONS
     )
@@ -134,7 +135,7 @@ def _read_examples(path: os.PathLike):
                     },
                 )
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
-        raise ValueError(
+        raise DataError(
             f"{path} is not a readable Omniglot archive ({e}); it is probably truncated or "
             "corrupt: replace it with a fresh copy.\n" + INSTRUCTIONS
         ) from e
@@ -151,7 +152,7 @@ def _archive_path(dl_manager, archive: Archive, download: bool):
         return path
     if download:
         return dl_manager.download(URL + archive.filename)
-    raise FileNotFoundError(f"Omniglot archive {archive.filename} is missing: {where}")
+    raise DataError(f"Omniglot archive {archive.filename} is missing: {where}")
 
 
 @functools.cache  # one class per process: TFDS registers builders by name
@@ -266,8 +267,10 @@ def load_omniglot(
       A character in several archives (Greek and Latin are in both minimal ones) appears once.
 
     Raises:
-      ValueError: an archive is unreadable or damaged (a character without 20 drawings, a
-        drawing not 105x105); the message names the archive and the member.
+      DataError: an archive is missing, unreadable or damaged (a character without 20
+        drawings, a drawing not 105x105); the message names the archive, the member and the
+        fix.
+      ValueError: an unknown archive name or image size.
       ConfigError: ``cache_dir`` cannot be written, when an archive must be prepared.
     """
     archives = (archives,) if isinstance(archives, str) else tuple(archives)
@@ -287,8 +290,10 @@ def load_omniglot(
             arrays.save_cached(path, loaded)
         for character, images in zip(loaded["characters"].tolist(), loaded["images"], strict=True):
             if character in drawings and not np.array_equal(drawings[character], images):
-                raise ValueError(
-                    f"{character} differs between archives {source[character]} and {name}"
+                raise DataError(
+                    f"{character} differs between archives {source[character]} and {name}: "
+                    "one of them is damaged or not an official one; replace both with fresh "
+                    "copies"
                 )
             drawings.setdefault(character, images)
             source.setdefault(character, name)
