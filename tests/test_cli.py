@@ -134,8 +134,8 @@ def _omniglot_root(tmp_path: Path) -> Path:
     """Synthetic archives named as data.split=minimal1 reads them (small1, then small2)."""
     root = tmp_path / "omniglot"
     root.mkdir()
-    for seed, name in enumerate(("images_background_small1", "images_background_small2")):
-        fixtures.omniglot_zip(root, name, ["Alpha", "Bravo", "Charlie"], seed=seed)
+    fixtures.omniglot_zip(root, "images_background_small1", ["Alpha", "Bravo"], seed=1)
+    fixtures.omniglot_zip(root, "images_background_small2", ["Charlie", "Delta"], seed=2)
     return root
 
 
@@ -162,8 +162,22 @@ def test_a_truncated_or_missing_omniglot_archive_is_one_message(tmp_path, fault)
         assert f"{path} is not a readable Omniglot archive" in stderr
         assert "probably truncated or corrupt: replace it with a fresh copy" in stderr
     else:
-        assert "images_background_small1.zip is missing" in stderr and str(root) in stderr
-        assert "data.download=true" in stderr or "download=True" in stderr
+        assert stderr.startswith(
+            f"data.root={root}: the Omniglot archive images_background_small1.zip is not there "
+            f"({path} does not exist); put it there, or set data.download=true to fetch it."
+        )
+
+
+def test_a_wrong_data_root_is_refused_though_a_cache_exists(tmp_path):
+    """The reported case: data.root=/nonexistent/omniglot trained on an earlier run's cache."""
+    from metarun.data.omniglot_tfds import load_omniglot
+
+    cache = tmp_path / "cache"
+    load_omniglot(_omniglot_root(tmp_path), ("small1", "small2"), cache_dir=cache)
+    nowhere = tmp_path / "nonexistent" / "omniglot"
+    omniglot = ["data=omniglot", f"data.root={nowhere}", "data.split=minimal1"]
+    stderr = refused_data(run(*FAST, *omniglot, f"data.cache_dir={cache}", cwd=tmp_path))
+    assert stderr.startswith(f"data.root={nowhere} is not a folder ({nowhere} does not exist)")
 
 
 def test_a_malicious_mini_imagenet_pickle_is_one_message_and_never_run(tmp_path):

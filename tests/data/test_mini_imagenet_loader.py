@@ -1,12 +1,14 @@
 """mini-ImageNet loader: both distributions, resizing, the restricted unpickler, failures."""
 
+import os
 import pickle
+import re
 
 import numpy as np
 import pytest
 
 from metarun.config import DataError
-from metarun.data import arrays
+from metarun.data import arrays, mini_imagenet_tfds
 from metarun.data.mini_imagenet_tfds import load_mini_imagenet, load_pickle
 
 from . import fixtures
@@ -72,11 +74,37 @@ def test_larger_jpegs_are_resized_to_84(tmp_path):
     np.testing.assert_array_equal(out["images"][0, 0], arrays.resize(first, 84))
 
 
-def test_second_load_reads_only_the_cache(csv_dataset, tmp_path):
+def test_second_load_reads_only_the_cache(csv_dataset, tmp_path, monkeypatch):
     root, _ = csv_dataset
     first = load_mini_imagenet(root, "test", cache_dir=tmp_path)
-    second = load_mini_imagenet(tmp_path / "gone", "test", cache_dir=tmp_path)
+    monkeypatch.setattr(mini_imagenet_tfds, "_prepare", None)  # called, it would fail
+    second = load_mini_imagenet(root, "test", cache_dir=tmp_path)
     np.testing.assert_array_equal(first["images"], second["images"])
+    gone = tmp_path / "gone"  # the cache is never a reason to accept a wrong data.root
+    with pytest.raises(DataError, match=rf"^data\.root={re.escape(str(gone))} is not a folder"):
+        load_mini_imagenet(gone, "test", cache_dir=tmp_path)
+
+
+def test_a_replaced_pickle_is_prepared_again(csv_dataset, tmp_path):
+    """Same name and size, other pixels: every split's .npz and TFDS's records are made again."""
+    _, decoded = csv_dataset
+    for split, images in decoded.items():
+        path = fixtures.mini_imagenet_pickle(tmp_path / "pkl", split, images)
+    before = {
+        s: load_mini_imagenet(tmp_path / "pkl", s, cache_dir=tmp_path)["images"] for s in CLASSES
+    }
+    stat = path.stat()  # the test split's pickle, replaced by one of inverted images
+    fixtures.mini_imagenet_pickle(
+        tmp_path / "pkl", "test", {k: 255 - v for k, v in decoded["test"].items()}
+    )
+    assert path.stat().st_size == stat.st_size
+    # A copy made a second later: file systems with coarse timestamps could give this test's
+    # two writes the same one.
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    for split in CLASSES:
+        after = load_mini_imagenet(tmp_path / "pkl", split, cache_dir=tmp_path)["images"]
+        want = 255 - before[split] if split == "test" else before[split]
+        np.testing.assert_array_equal(after, want)
 
 
 def test_malicious_pickle_is_refused_and_not_run(tmp_path):

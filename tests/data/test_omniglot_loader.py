@@ -107,6 +107,35 @@ def test_missing_archive_names_it_and_never_downloads(full_root, tmp_path, monke
     with pytest.raises(DataError, match=r"images_background_small1\.zip") as error:
         load_omniglot(root[make_root], ("small1",), cache_dir=tmp_path / "cache")
     assert "download=True" in str(error.value) and "manual directory" in str(error.value)
+    assert f"data.root={root[make_root]}" in str(error.value)
+
+
+def test_a_wrong_root_is_refused_though_a_cache_exists(full_root, tmp_path):
+    """The caches of an earlier run are never a reason to accept a data.root without the files."""
+    load_omniglot(full_root, ("background",), cache_dir=tmp_path)
+    nowhere = tmp_path / "nonexistent" / "omniglot"
+    with pytest.raises(DataError, match=rf"^data\.root={re.escape(str(nowhere))} is not a folder"):
+        load_omniglot(nowhere, ("background",), cache_dir=tmp_path)
+    elsewhere = tmp_path / "other"
+    elsewhere.mkdir()
+    with pytest.raises(
+        DataError,
+        match=rf"^data\.root={re.escape(str(elsewhere))}: the Omniglot archive "
+        r"images_background\.zip is not there",
+    ):
+        load_omniglot(elsewhere, ("background",), cache_dir=tmp_path)
+
+
+def test_a_replaced_archive_is_prepared_again(full_root, tmp_path, caplog):
+    """Same name, other drawings: the .npz and TFDS's records are both made again."""
+    before = load_omniglot(full_root, ("background",), cache_dir=tmp_path)["images"]
+    fixtures.omniglot_zip(full_root, "images_background", ["Bravo", "Alpha", "Charlie"], seed=7)
+    with caplog.at_level(logging.WARNING):
+        after = load_omniglot(full_root, ("background",), cache_dir=tmp_path)["images"]
+    assert "was prepared from other files than data.root's; rebuilding it" in caplog.text
+    assert after.shape == before.shape and not np.array_equal(after, before)
+    fresh = load_omniglot(full_root, ("background",), cache_dir=tmp_path / "fresh")["images"]
+    np.testing.assert_array_equal(after, fresh)
 
 
 def test_download_only_when_asked_fetches_the_official_url(full_root, tmp_path, monkeypatch):
@@ -208,11 +237,11 @@ def test_corrupt_cache_is_detected_and_rebuilt(full_root, tmp_path, caplog, dama
     np.testing.assert_array_equal(arrays.load_cached(path)["images"], first["images"])
 
 
-def test_cached_load_needs_neither_archive_nor_tfds(full_root, tmp_path):
+def test_cached_load_needs_no_tfds(full_root, tmp_path):
     load_omniglot(full_root, ("background",), cache_dir=tmp_path)
     code = (
         "import sys; from metarun.data.omniglot_tfds import load_omniglot; "
-        f"out = load_omniglot({str(tmp_path / 'gone')!r}, ('background',), "
+        f"out = load_omniglot({str(full_root)!r}, ('background',), "
         f"cache_dir={str(tmp_path)!r}); "
         "assert out['images'].shape == (6, 20, 28, 28, 1); "
         "assert 'tensorflow_datasets' not in sys.modules, 'TFDS imported'"

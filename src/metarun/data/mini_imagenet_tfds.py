@@ -3,7 +3,8 @@
 Either standard distribution in ``root`` (TFDS's manual dir) -> the TFDS builder
 ``metarun_mini_imagenet`` writes array_record files into the TFDS data dir (no TensorFlow
 needed) -> :func:`load_mini_imagenet` stacks one split into ``uint8 [classes, 600, 84, 84, 3]``,
-cached as a checksummed ``.npz`` (:mod:`metarun.data.arrays`).
+cached as a checksummed ``.npz`` (:mod:`metarun.data.arrays`) keyed by the source files' sizes
+and modification times (:func:`_source`).
 
 The pickle distribution is read with :func:`load_pickle`, which builds only numpy arrays and
 plain containers: a pickle from the internet is otherwise a program that runs on load.
@@ -164,17 +165,45 @@ def _csv_examples(path: Path, image_dir: Path):
         )
 
 
-def _split_examples(manual_dir: Path, split: str):
+def _split_file(manual_dir: Path, split: str) -> Path:
+    """The file a split is read from: its pickle where there is one, else its CSV."""
     pickled = manual_dir / f"mini-imagenet-cache-{split}.pkl"
     listed = manual_dir / f"{split}.csv"
     if pickled.exists():
-        return _pickle_examples(pickled)
+        return pickled
     if listed.exists():
-        return _csv_examples(listed, manual_dir / "images")
+        return listed
     raise DataError(
         f"mini-ImageNet {split} split: neither {pickled.name} nor {listed.name} is in "
-        f"{manual_dir}.\n{INSTRUCTIONS}"
+        f"{manual_dir} (data.root).\n{INSTRUCTIONS}"
     )
+
+
+def _split_examples(manual_dir: Path, split: str):
+    path = _split_file(manual_dir, split)
+    if path.suffix == ".pkl":
+        return _pickle_examples(path)
+    return _csv_examples(path, manual_dir / "images")
+
+
+def _source(manual_dir: Path) -> str:
+    """What the splits are prepared from, the key of their caches: every file read, each by
+    name, size and modification time (:func:`arrays.file_stamp`).
+
+    Not by content, unlike Omniglot's archives: the pickles are 1.3 GB together and the CSV
+    distribution 60,000 JPEGs, seconds to hash on every load that the cache exists to make
+    take well under one. A replaced or corrected file has a new modification time, unless it
+    was copied keeping the old one (``cp -p``, ``rsync -t``) and has the same size.
+
+    Raises:
+      DataError: a split has neither its pickle nor its CSV in ``data.root``.
+    """
+    files = [_split_file(manual_dir, split) for split in SPLITS]
+    images = manual_dir / "images"  # the JPEGs the CSVs name
+    if any(path.suffix == ".csv" for path in files) and images.is_dir():
+        with os.scandir(images) as entries:
+            files += sorted(Path(entry.path) for entry in entries)
+    return arrays.fingerprint([arrays.file_stamp(path) for path in files])
 
 
 @functools.cache  # one class per process: TFDS registers builders by name
@@ -222,15 +251,13 @@ def builder_class():
     return MetarunMiniImagenet
 
 
-def _prepare(root, split: str, data_dir: Path) -> dict[str, np.ndarray]:
-    import tensorflow_datasets as tfds
-
+def _prepare(manual_dir: Path, split: str, data_dir: Path, source: str) -> dict[str, np.ndarray]:
     builder = builder_class()(data_dir=os.fspath(data_dir), file_format="array_record")
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(
-            manual_dir=os.fspath(root),
-            try_download_gcs=False,  # TFDS would otherwise probe its GCS bucket first
-        )
+    arrays.prepare_builder(
+        builder,
+        source,
+        manual_dir=os.fspath(manual_dir),
+        try_download_gcs=False,  # TFDS would otherwise probe its GCS bucket first
     )
     by_class = defaultdict(dict)  # wnid -> {index within class: image}
     for example in builder.as_data_source(split=split):  # TFDS returns Text as bytes
@@ -246,7 +273,8 @@ def load_mini_imagenet(
     """One split of mini-ImageNet, as one array for episode sampling.
 
     All three splits are prepared once through the TFDS builder; each split is then cached as
-    ``.npz`` under ``<cache_dir>/metarun_arrays``, and later calls read only that.
+    ``.npz`` under ``<cache_dir>/metarun_arrays``, and later calls read only that, as long as
+    the files in ``root`` are the same (:func:`_source`); other files are prepared again.
 
     Args:
       root: folder with either distribution (TFDS's manual dir); see ``INSTRUCTIONS``.
@@ -260,19 +288,22 @@ def load_mini_imagenet(
       Within a class, images keep their order in the CSV or in the pickle's ``class_dict``.
 
     Raises:
-      DataError: a file is missing, truncated, corrupt or refused (a pickle that names other
-        globals), or one class (an empty one included) has fewer images than the others; the
-        message names the file, the class and the fix.
+      DataError: ``root`` is not a folder, or a file is missing, truncated, corrupt or
+        refused (a pickle that names other globals), or one class (an empty one included) has
+        fewer images than the others; the message names the file, the class and the fix.
       ValueError: an unknown split.
       ConfigError: ``cache_dir`` cannot be written, when a split must be prepared.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown mini-ImageNet split {split!r}; known: {list(SPLITS)}")
     data_dir = arrays.default_cache_dir() if cache_dir is None else Path(cache_dir)
+    # The files are found before any cache is read: none is used for a data.root without them.
+    manual_dir = arrays.source_dir(root, data_dir, INSTRUCTIONS)
+    source = _source(manual_dir)
     path = arrays.cache_path(data_dir, f"mini_imagenet-{split}")
-    loaded = arrays.load_cached(path)
+    loaded = arrays.load_cached(path, source)
     if loaded is None:
         arrays.ensure_writable(data_dir)
-        loaded = _prepare(root, split, data_dir)
-        arrays.save_cached(path, loaded)
+        loaded = _prepare(manual_dir, split, data_dir, source)
+        arrays.save_cached(path, loaded, source)
     return {"images": loaded["images"], "classes": loaded["classes"].tolist()}

@@ -3,8 +3,8 @@
 Path of the data: the archives in ``root`` (TFDS's manual dir) -> the TFDS builder
 ``metarun_omniglot/<archive>`` writes array_record files into the TFDS data dir (no TensorFlow
 needed) -> :func:`load_omniglot` decodes them into ``uint8 [characters, drawers, S, S, 1]``,
-cached as a checksummed ``.npz`` (:mod:`metarun.data.arrays`). The second load reads only the
-``.npz`` and never imports TFDS.
+cached as a checksummed ``.npz`` (:mod:`metarun.data.arrays`) keyed by the archive's SHA-256.
+The second load hashes the archive, reads the ``.npz`` and never imports TFDS.
 
 Reference: B. M. Lake, R. Salakhutdinov, J. B. Tenenbaum, "Human-level concept learning through
 probabilistic program induction", Science 2015. https://github.com/brendenlake/omniglot
@@ -208,18 +208,38 @@ def builder_class():
     return MetarunOmniglot
 
 
-def _prepare(root, name: str, image_size: int, data_dir: Path, download: bool):
-    import tensorflow_datasets as tfds
+def _source(folder: Path, root, archive: Archive, download: bool) -> str:
+    """What the archive holds (:func:`arrays.file_digest`), the key of its caches.
 
+    Its SHA-256, read in full on every load: the archives are at most 9.5 MB, a few
+    milliseconds. An archive still to be downloaded is keyed by the official checksum, which
+    TFDS verifies the download against (``force_checksums_validation``).
+
+    Raises:
+      DataError: the archive is not in ``data.root`` and may not be downloaded.
+    """
+    path = folder / archive.filename
+    if path.is_file():
+        return arrays.fingerprint([arrays.file_digest(path)])
+    if download:
+        return arrays.fingerprint([f"{archive.filename} {archive.size} sha256:{archive.sha256}"])
+    where = f"data.root={root}" if root else f"data.root is unset, and {folder}"
+    raise DataError(
+        f"{where}: the Omniglot archive {archive.filename} is not there ({path} does not exist); "
+        f"put it there, or set data.download=true to fetch it.\n{INSTRUCTIONS}"
+    )
+
+
+def _prepare(folder: Path, name: str, image_size: int, data_dir: Path, download: bool, source: str):
     builder = builder_class()(
         config=name, data_dir=os.fspath(data_dir), file_format="array_record", download=download
     )
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(
-            manual_dir=os.fspath(root),
-            try_download_gcs=False,  # TFDS would otherwise probe its GCS bucket first
-            force_checksums_validation=True,
-        )
+    arrays.prepare_builder(
+        builder,
+        source,
+        manual_dir=os.fspath(folder),
+        try_download_gcs=False,  # TFDS would otherwise probe its GCS bucket first
+        force_checksums_validation=True,
     )
     drawings = defaultdict(dict)  # "Alphabet/characterNN" -> {drawer: image}
     for example in builder.as_data_source(split="train"):  # TFDS returns Text as bytes
@@ -246,7 +266,9 @@ def load_omniglot(
     """Omniglot characters from the given archives, as one array for episode sampling.
 
     Each archive is prepared once through the TFDS builder and cached as ``.npz`` under
-    ``<cache_dir>/metarun_arrays``, keyed by archive and image size; later calls read only that.
+    ``<cache_dir>/metarun_arrays``, keyed by archive name, image size and the archive's content
+    (SHA-256); later calls hash the archive and read only that. A replaced archive is prepared
+    again, records included.
 
     Args:
       root: folder with the archives (TFDS's manual dir), e.g. ``images_background_small1.zip``.
@@ -267,9 +289,9 @@ def load_omniglot(
       A character in several archives (Greek and Latin are in both minimal ones) appears once.
 
     Raises:
-      DataError: an archive is missing, unreadable or damaged (a character without 20
-        drawings, a drawing not 105x105); the message names the archive, the member and the
-        fix.
+      DataError: ``root`` is not a folder (unless ``download``); an archive is missing,
+        unreadable or damaged (a character without 20 drawings, a drawing not 105x105); the
+        message names ``data.root``, the archive, the member and the fix.
       ValueError: an unknown archive name or image size.
       ConfigError: ``cache_dir`` cannot be written, when an archive must be prepared.
     """
@@ -280,14 +302,18 @@ def load_omniglot(
     if image_size < 1:
         raise ValueError(f"image_size must be positive, got {image_size}")
     data_dir = arrays.default_cache_dir() if cache_dir is None else Path(cache_dir)
+    # Every archive is found before any is read, and before any cache: a cache is never used
+    # for a data.root that does not hold its archive.
+    folder = arrays.source_dir(root, data_dir, INSTRUCTIONS, required=not download)
+    sources = {name: _source(folder, root, ARCHIVES[name], download) for name in archives}
     drawings, source = {}, {}
     for name in archives:
         path = arrays.cache_path(data_dir, f"omniglot-{name}-{image_size}px")
-        loaded = arrays.load_cached(path)
+        loaded = arrays.load_cached(path, sources[name])
         if loaded is None:
             arrays.ensure_writable(data_dir)
-            loaded = _prepare(root, name, image_size, data_dir, download)
-            arrays.save_cached(path, loaded)
+            loaded = _prepare(folder, name, image_size, data_dir, download, sources[name])
+            arrays.save_cached(path, loaded, sources[name])
         for character, images in zip(loaded["characters"].tolist(), loaded["images"], strict=True):
             if character in drawings and not np.array_equal(drawings[character], images):
                 raise DataError(
