@@ -204,10 +204,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("multirun/reproduce"))
     parser.add_argument("--report-only", action="store_true", help="tabulate, run nothing")
-    args = parser.parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(given)
     table = TABLES[args.table]
     lines = [
-        f"`python scripts/reproduce.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
+        f"`python scripts/reproduce.py {' '.join(a for a in given if a != '--report-only')}`",
         "",
         "| setting | validation % (mean ± 95% CI) | test % (mean ± 95% CI) | seeds "
         "| mean within-run CI | published | budget |",
