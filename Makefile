@@ -3,16 +3,31 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The installs come from requirements.lock (exact versions and their hashes, resolved by uv
+# for CPython 3.11 on Linux x86_64); `make lock` resolves it again after pyproject.toml changes.
+LOCK := requirements.lock
+PIP_VERSION := 26.3
+UV_VERSION := 0.13.9
 
-.PHONY: install run test test-all lint bench clean
+.PHONY: install lock run test test-all lint bench clean
 
-$(BIN)/metarun: pyproject.toml
+$(BIN)/metarun: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q "pip==$(PIP_VERSION)"
+	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
 
 install: $(BIN)/metarun
+
+# Keeps the pins already in the lock where pyproject.toml still allows them;
+# `make lock LOCK_ARGS=--upgrade` moves every package to its newest allowed version.
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q "uv==$(UV_VERSION)"
+	$(BIN)/uv pip compile -q pyproject.toml --extra dev --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --generate-hashes \
+		--custom-compile-command "make lock" $(LOCK_ARGS) -o $(LOCK)
 
 run: install
 	$(BIN)/metarun $(ARGS)
