@@ -206,9 +206,17 @@ def _source(manual_dir: Path) -> str:
     return arrays.fingerprint([arrays.file_stamp(path) for path in files])
 
 
-@functools.cache  # one class per process: TFDS registers builders by name
 def builder_class():
     """The TFDS builder ``metarun_mini_imagenet``: splits ``train``, ``val``, ``test``."""
+    # Imported before the class is defined: TFDS's first import in a process defines and
+    # registers it (metarun.data.register_tfds_builders), which must not happen twice.
+    import tensorflow_datasets  # noqa: F401
+
+    return _builder_class()
+
+
+@functools.cache  # one class per process: TFDS registers builders by name
+def _builder_class():
     import tensorflow_datasets as tfds
 
     class MetarunMiniImagenet(tfds.core.GeneratorBasedBuilder):

@@ -155,13 +155,21 @@ def _archive_path(dl_manager, archive: Archive, download: bool):
     raise DataError(f"Omniglot archive {archive.filename} is missing: {where}")
 
 
-@functools.cache  # one class per process: TFDS registers builders by name
 def builder_class():
     """The TFDS builder ``metarun_omniglot``, one config per archive, one ``train`` split.
 
     Its constructor takes TFDS's arguments plus ``download`` (default False): whether a missing
     archive may be fetched from the official URL instead of failing.
     """
+    # Imported before the class is defined: TFDS's first import in a process defines and
+    # registers it (metarun.data.register_tfds_builders), which must not happen twice.
+    import tensorflow_datasets  # noqa: F401
+
+    return _builder_class()
+
+
+@functools.cache  # one class per process: TFDS registers builders by name
+def _builder_class():
     import tensorflow_datasets as tfds
 
     class MetarunOmniglot(tfds.core.GeneratorBasedBuilder):
