@@ -76,6 +76,64 @@ def test_fce_one_step_is_an_lstm_step_with_a_skip_connection_over_the_bilstm_sup
     np.testing.assert_allclose(np.exp(predict(learner, meta)), expected, rtol=1e-5)
 
 
+def lstm_step(params, carry, x):
+    """One LSTM step in numpy from Flax's ``LSTMCell`` parameters (Hochreiter & Schmidhuber):
+    i, f, o = σ(x W_i· + h U_i· + b_·), g = tanh(x W_g + h U_g + b_g), c' = f c + i g,
+    h' = o tanh(c')."""
+    c, h = carry
+
+    def gate(name):
+        hidden = params["h" + name]
+        return x @ params["i" + name]["kernel"] + h @ hidden["kernel"] + hidden["bias"]
+
+    sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    i, f, g, o = sigmoid(gate("i")), sigmoid(gate("f")), np.tanh(gate("g")), sigmoid(gate("o"))
+    c = f * c + i * g
+    return c, o * np.tanh(c)
+
+
+def test_fce_two_steps_match_a_hand_unrolled_attention_lstm():
+    """Vinyals et al. (2016), appendix A.1, unrolled by hand for K = 2 steps:
+    ĥ_k, c_k = LSTM([f', r_{k-1}], h_{k-1}, c_{k-1}); h_k = ĥ_k + f';
+    r_k = Σ_i softmax_i(h_k · g(x_i)) g(x_i); f(x̂, S) = h_K. The read-out r enters the input
+    (the paper concatenates it to the state); the support g(x_i, S) = g'_i + h→_i + h←_i."""
+    learner, meta = fce_learner(steps=2)
+    noise = np.random.default_rng(2)  # every weight and bias away from its initial value
+    meta["fce"] = jax.tree_util.tree_map(
+        lambda a: jnp.asarray(a + 0.5 * noise.normal(size=a.shape), jnp.float32), meta["fce"]
+    )
+    fce = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), meta["fce"])
+    g0, f0 = SUPPORT_X @ W, QUERY_X @ W
+
+    def run(params, xs):  # one sequence, from a zero state
+        carry, outs = (np.zeros(3), np.zeros(3)), []
+        for x in xs:
+            carry = lstm_step(params, carry, x)
+            outs.append(carry[1])
+        return np.stack(outs)
+
+    g = g0 + run(fce["support_forward"]["cell"], g0)
+    g = g + run(fce["support_backward"]["cell"], g0[::-1])[::-1]
+
+    def read(h):
+        a = np.exp(h @ g.T - (h @ g.T).max(1, keepdims=True))
+        return (a / a.sum(1, keepdims=True)) @ g
+
+    zeros = np.zeros((5, 3))
+    c1, h1 = lstm_step(fce["query_lstm"], (zeros, zeros), np.concatenate([f0, zeros], 1))
+    h1 = h1 + f0  # step 1, from a zero state and a zero read-out
+    _, h2 = lstm_step(fce["query_lstm"], (c1, h1), np.concatenate([f0, read(h1)], 1))
+    f = h2 + f0  # step 2: the state of step 1 (skip included) and its read-out r_1
+    cos = (f @ g.T) / np.outer(np.linalg.norm(f, axis=1), np.linalg.norm(g, axis=1))
+    attention = np.exp(cos) / np.exp(cos).sum(1, keepdims=True)
+    expected = np.stack([attention[:, SUPPORT_Y == k].sum(1) for k in range(3)], axis=1)
+    np.testing.assert_allclose(np.exp(predict(learner, meta)), expected, rtol=1e-5)
+    # A second step that did nothing, or ignored r_1 or c_1, would give step 1's answer.
+    f1 = h1
+    cos1 = (f1 @ g.T) / np.outer(np.linalg.norm(f1, axis=1), np.linalg.norm(g, axis=1))
+    assert np.abs(cos1 - cos).max() > 1e-2
+
+
 def test_fce_probabilities_are_a_distribution_that_depends_on_the_support_order():
     learner, meta = fce_learner(steps=3)
     p = np.exp(np.asarray(predict(learner, meta)))
