@@ -1,12 +1,15 @@
 """Omniglot loader: the real minimal archives, synthetic full ones, failures, the cache."""
 
+import errno
 import io
 import logging
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -196,17 +199,32 @@ def test_damaged_archive_names_the_member_and_the_fix(full_root, tmp_path, chang
     assert load_omniglot(full_root, ("background",), cache_dir=tmp_path)["images"].shape[0] == 6
 
 
+def refuse_writes_under(folder, monkeypatch):
+    """Files created under ``folder`` fail as in a read-only folder (EACCES), whatever the uid:
+    permissions do not stop root, and CI runs as root."""
+
+    def refusing(create):
+        def create_or_refuse(*args, dir=None, **kwargs):
+            if dir is not None and Path(dir).resolve().is_relative_to(folder.resolve()):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
+            return create(*args, dir=dir, **kwargs)
+
+        return create_or_refuse
+
+    for name in ("TemporaryFile", "NamedTemporaryFile", "mkstemp"):
+        monkeypatch.setattr(tempfile, name, refusing(getattr(tempfile, name)))
+
+
 @pytest.mark.parametrize("place", ["under_a_file", "read_only"])
-def test_unwritable_cache_dir_names_it_and_the_fix(full_root, tmp_path, place):
-    if place == "under_a_file":  # fails for root too
+def test_unwritable_cache_dir_names_it_and_the_fix(full_root, tmp_path, place, monkeypatch):
+    if place == "under_a_file":  # the path goes through a regular file: fails for any uid
         (tmp_path / "file").write_text("")
         cache = tmp_path / "file" / "cache"
     else:
         cache = tmp_path / "cache"
         cache.mkdir()
-        cache.chmod(0o500)
-        if os.access(cache, os.W_OK):
-            pytest.skip("permissions do not stop this user (root) from writing")
+        cache.chmod(0o500)  # read-only; for root, whom it does not stop, refused as the OS would
+        refuse_writes_under(cache, monkeypatch)
     expected = rf"cannot write to {re.escape(str(cache))}\b.*set data\.cache_dir to a writable"
     with pytest.raises(ConfigError, match=expected):
         load_omniglot(full_root, ("background",), cache_dir=cache)
