@@ -125,3 +125,20 @@ def test_a_host_transfer_inside_a_training_step_is_an_error(make_config, tmp_pat
     monkeypatch.setattr(train_module, "compile_meta_step", with_a_host_key)
     with pytest.raises(Exception, match="host-to-device transfer"):
         train(make_config(), tmp_path)
+
+
+def test_episodes_with_nan_predictions_are_counted_and_never_best():
+    from metarun.evaluate import evaluate
+
+    def evaluator(meta_params, sample, keys):  # 4 episodes, the last two diverged
+        return {
+            "accuracy": np.array([0.8, 0.6, 0.2, 0.2]),
+            "loss": np.array([0.5, 0.9, np.nan, np.inf]),
+        }
+
+    result = evaluate(evaluator, None, None, None, "accuracy")
+    assert result.mean == pytest.approx(0.45) and result.nonfinite == 2
+    best = _Best(maximize=True)
+    best.offer(1, EvalResult(0.3, 0.01, None), {"w": jnp.zeros(1)})
+    best.offer(2, result, {"w": jnp.ones(1)})
+    assert best.step == 1

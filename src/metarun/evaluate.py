@@ -23,6 +23,9 @@ class EvalResult(NamedTuple):
     mean: float
     ci95: float
     values: np.ndarray  # the headline metric of every episode
+    # Episodes whose query loss is not finite: their accuracy is that of NaN predictions (the
+    # argmax of NaNs is class 0), so a mean that counts them is no measurement of a learner.
+    nonfinite: int = 0
 
 
 def episode_keys(seed: int, split: str, episodes: int) -> jax.Array:
@@ -55,6 +58,7 @@ def make_evaluator(learner: MetaLearner, objective: Objective, *, inner_steps: i
 
 
 def evaluate(evaluator, meta_params, sample, keys: jax.Array, metric: str) -> EvalResult:
-    values = np.asarray(jax.device_get(evaluator(meta_params, sample, keys)[metric]))
+    metrics = jax.device_get(evaluator(meta_params, sample, keys))
+    values = np.asarray(metrics[metric])
     mean, ci95 = confidence_interval(values)
-    return EvalResult(mean, ci95, values)
+    return EvalResult(mean, ci95, values, int(np.sum(~np.isfinite(metrics["loss"]))))

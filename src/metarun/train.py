@@ -361,6 +361,8 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
                     if trainer.val_every and step % trainer.val_every == 0:
                         val = evaluate(val_eval, state.meta_params, val_sampler, val_keys, metric)
                         record.update({f"val_{metric}": val.mean, f"val_{metric}_ci95": val.ci95})
+                        if val.nonfinite:
+                            record["val_nonfinite_episodes"] = val.nonfinite
                         best.offer(step, val, state.meta_params)
                     tracker.log(record)
                     last_time = time.perf_counter()  # validation and logging are not training
@@ -468,7 +470,9 @@ class _Best:
 
     def offer(self, step: int, val, params) -> None:
         value = val.mean
-        if not np.isfinite(value):  # never "best": a NaN would also defeat every comparison
+        # Never "best": a NaN would defeat every comparison, and a mean over episodes with NaN
+        # predictions (nonfinite) measures no learner.
+        if not np.isfinite(value) or val.nonfinite:
             return
         better = self.value is None or (value > self.value if self.maximize else value < self.value)
         if better:
@@ -505,6 +509,15 @@ def _meta_test(exp: Experiment, meta_params, mesh: Mesh) -> dict[str, Any]:
         )
         outcome = evaluate(evaluator, meta_params, test_sampler, keys, objective.metric)
         result[f"{prefix}mean"], result[f"{prefix}ci95"] = outcome.mean, outcome.ci95
+        result[f"{prefix}nonfinite_episodes"] = outcome.nonfinite
+        if outcome.nonfinite:
+            log.warning(
+                "%d of %d test episodes%s have a non-finite query loss: their predictions are "
+                "NaN, and the mean counts them as they fall (argmax of NaN)",
+                outcome.nonfinite,
+                len(outcome.values),
+                f" ({num_steps} adaptation steps)",
+            )
     result.update(
         episodes=eval_cfg.episodes,
         inner_steps=steps,
