@@ -30,7 +30,8 @@ declare -A budget=(
   # sequence, 800 steps of 16 sequences, Adam 3e-3 (tests/test_learning.py)
   [mann]="model=mlp model.hidden=[] data.image_size=20 data.train_queries=9 optim.lr=0.003
     trainer.meta_batch=16 trainer.steps=800 trainer.log_every=100 trainer.val_every=200"
-  # Conv-4 of 32 filters, 2 queries per class, 400 steps of 16 episodes, Adam 1e-3
+  # Conv-4 of 32 filters, 2 queries per class, 400 steps of 16 episodes, Adam 1e-3 (width and
+  # learning rate chosen on validation: scripts/choose_on_validation.sh snail)
   [snail]="model.filters=32 data.train_queries=2 optim.lr=0.001 trainer.meta_batch=16
     trainer.steps=400 trainer.log_every=100 trainer.val_every=200"
 )
