@@ -126,9 +126,9 @@ def relationnet(
     def relation(params, pairs, context_pairs=None):
         if context_pairs is None or bn_mode not in CONTEXT_MODES:
             return module.apply({"params": params}, pairs)
-        rows = context_pairs.shape[0]
-        stacked = jnp.concatenate([context_pairs, pairs])
-        return module.clone(context_rows=rows).apply({"params": params}, stacked)[rows:]
+        return models.in_context(
+            lambda m, xs: m.apply({"params": params}, xs), module, pairs, context_pairs
+        )
 
     def init(params, key, episode):
         encoder = drop_head(params)

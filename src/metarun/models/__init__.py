@@ -96,11 +96,17 @@ def make_apply(model, precision: str = "fp32", method: str | None = None):
     def apply(params, x, context=None):
         if context is None or bn_mode(model) not in CONTEXT_MODES:
             return run(model, params, x)
-        rows = context.shape[0]
-        stacked = jnp.concatenate([context.astype(x.dtype), x])
-        return run(model.clone(context_rows=rows), params, stacked)[rows:]
+        return in_context(lambda module, xs: run(module, params, xs), model, x, context)
 
     return apply
+
+
+def in_context(run, module, x, context):
+    """``run(module, rows)`` on ``context`` stacked before ``x``, with the statistics of the
+    context's rows (``module.context_rows``); the outputs of ``x``'s rows."""
+    rows = context.shape[0]
+    stacked = jnp.concatenate([context.astype(x.dtype), x])
+    return run(module.clone(context_rows=rows), stacked)[rows:]
 
 
 def update_running_stats(model, params, images, momentum: float, into=None):
