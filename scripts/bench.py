@@ -32,7 +32,8 @@ import jax
 
 from metarun import algos
 from metarun.config import Config, compose, validate
-from metarun.train import TrainState, build, compile_meta_step, init_state, rng_streams
+from metarun.experiment import build, rng_streams
+from metarun.step import TrainState, compile_meta_step, init_state
 
 # Omniglot workloads: MAML's Omniglot setting (conf/preset/maml_omniglot.yaml: strided
 # Conv-4, 64 filters, α = 0.4, one inner step, meta-batch 32), 5-way 1-shot, 15 queries per
@@ -78,6 +79,7 @@ class Prepared(NamedTuple):
     """A workload's compiled meta-step, warmed up, and what it is called with."""
 
     config: Config
+    inner_steps: int  # of meta-training (0 for a learner without an inner loop)
     meta_step: Any  # the AOT-compiled step: step(state, train_key, sample)
     compile_sec: float
     state: TrainState
@@ -100,11 +102,12 @@ def prepare(name: str, warmup: int, omniglot: Path, extra: list[str]) -> Prepare
     for _ in range(warmup):
         state, _ = meta_step(state, train_key, sample)
     jax.block_until_ready(state)
-    return Prepared(config, meta_step, compile_sec, state, train_key, sample)
+    inner_steps = algos.inner_steps(exp.learner, config.algo)
+    return Prepared(config, inner_steps, meta_step, compile_sec, state, train_key, sample)
 
 
 def bench(name: str, steps: int, warmup: int, omniglot: Path, extra: list[str]) -> dict:
-    config, meta_step, compile_sec, state, train_key, sample = prepare(
+    config, inner_steps, meta_step, compile_sec, state, train_key, sample = prepare(
         name, warmup, omniglot, extra
     )
     times = []
@@ -128,7 +131,7 @@ def bench(name: str, steps: int, warmup: int, omniglot: Path, extra: list[str]) 
         "workload": name,
         "overrides": extra,
         "algo": config.algo.name,
-        "inner_steps": algos.inner_steps(config.algo),
+        "inner_steps": inner_steps,
         "meta_batch": config.trainer.meta_batch,
         "compile_sec": round(compile_sec, 3),
         "sec_per_step": sec_per_step,

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from metarun.algos import algos, inner_steps, outer_grad
-from metarun.train import build, init_state, make_meta_step, rng_streams
+from metarun.experiment import build, rng_streams
+from metarun.step import init_state, make_meta_step
 from tests.helpers import NARROW, flat, task
 
 ALGOS = algos.names()
@@ -53,7 +54,7 @@ def test_vmapped_meta_batch_equals_python_loop(config_for, name):
     episodes = jax.vmap(exp.source.samplers["train"])(jax.random.split(jax.random.PRNGKey(1), 6))
     grad_fn = jax.jit(
         lambda mp, e: outer_grad(
-            exp.learner, exp.source.objective, mp, e, inner_steps(exp.config.algo)
+            exp.learner, exp.source.objective, mp, e, inner_steps(exp.learner, exp.config.algo)
         ),
     )
     batched, metrics = grad_fn(state.meta_params, episodes)

@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from metarun import models
+from metarun.experiment import build, rng_streams
 from metarun.models import conv4
-from metarun.train import build, compile_meta_step, init_state, rng_streams
+from metarun.step import compile_meta_step, init_state
 
 
 def test_bf16_forward_is_close_to_fp32_and_returns_fp32():

@@ -20,14 +20,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 import metarun.train as train_module
-from metarun.checkpoint import (
-    STATE_DIR,
-    Checkpoints,
-    CheckpointWriteError,
-    StopSignals,
-    check_resumable,
-)
 from metarun.config import ConfigError, compose, to_dict, validate
+from metarun.resume import StopSignals, check_resumable
+from metarun.rundir import STATE_DIR, Checkpoints, CheckpointWriteError
 from metarun.train import train
 
 RUN = [

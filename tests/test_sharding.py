@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 
 from metarun.config import ConfigError
-from metarun.train import task_mesh
+from metarun.step import task_mesh
 
 SCRIPT = """
 import json, sys
 import jax, numpy as np
 from metarun.config import compose, validate
-from metarun.train import build, compile_meta_step, init_state, replicate, rng_streams, task_mesh
+from metarun.experiment import build, rng_streams
+from metarun.step import compile_meta_step, init_state, replicate, task_mesh
 
 out = {}
 for devices in ("1", "4"):

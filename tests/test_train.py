@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from metarun.evaluate import EvalResult, confidence_interval, episode_keys
-from metarun.train import _Best, train
+from metarun.train import Best, train
 
 
 def test_run_dir_holds_metrics_result_and_plots(make_config, tmp_path):
@@ -69,8 +69,9 @@ def test_image_split_is_an_input_of_the_meta_step_not_a_constant(make_config):
 
     from metarun.algos.maml import maml
     from metarun.data.episodes import make_sampler
+    from metarun.experiment import Experiment, rng_streams
     from metarun.models.mlp import MLP
-    from metarun.train import Experiment, init_state, make_meta_step, rng_streams
+    from metarun.step import init_state, make_meta_step
     from metarun.types import CLASSIFICATION, TaskSource
 
     config = make_config("trainer.meta_batch=4")
@@ -101,7 +102,7 @@ def test_image_split_is_an_input_of_the_meta_step_not_a_constant(make_config):
     ],
 )
 def test_the_best_validation_step_is_kept(maximize, scores, best_step):
-    best = _Best(maximize)
+    best = Best(maximize)
     for step, score in enumerate(scores, start=1):
         params = {"w": jnp.full((2,), float(step))}
         best.offer(step, EvalResult(score, 0.01 * step, None), params)
@@ -138,7 +139,7 @@ def test_episodes_with_nan_predictions_are_counted_and_never_best():
 
     result = evaluate(evaluator, None, None, None, "accuracy")
     assert result.mean == pytest.approx(0.45) and result.nonfinite == 2
-    best = _Best(maximize=True)
+    best = Best(maximize=True)
     best.offer(1, EvalResult(0.3, 0.01, None), {"w": jnp.zeros(1)})
     best.offer(2, result, {"w": jnp.ones(1)})
     assert best.step == 1

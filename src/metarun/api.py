@@ -4,11 +4,12 @@
     learner = metarun.load("outputs/2026-11-22/10-00-00")
     labels = learner.predict(support_images, support_labels, query_images)
 
-``load`` rebuilds the model and algorithm from the run's saved config (``config.yaml``)
-and restores the meta-parameters the meta-test used (``checkpoints/best``) without loading the
-training data. ``predict`` applies the dataset's preprocessing to raw inputs, adapts on the
-support set with the algorithm's own ``adapt`` and predicts the query set in one batch, as the
-evaluation does (Conv-4's BatchNorm normalises with the statistics of the batch it is given).
+``load`` rebuilds the model and algorithm from the run's saved config (``config.yaml``), with
+the function training builds them with, and restores the meta-parameters the meta-test used
+(``checkpoints/best``, :mod:`metarun.rundir`) without loading the training data. ``predict``
+applies the dataset's preprocessing to raw inputs, adapts on the support set with the
+algorithm's own ``adapt`` and predicts the query set in one batch, as the evaluation does
+(Conv-4's BatchNorm normalises with the statistics of the batch it is given).
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from omegaconf import OmegaConf
 
-from metarun import algos, data, models
+from metarun import algos, data
 from metarun.algos.base import adapt_and_predict
-from metarun.config import Config, ConfigError, register_configs
-from metarun.types import DataSpec, Episode
+from metarun.config import Config
+from metarun.types import DataSpec
 
 
 class Learner:
@@ -54,7 +54,7 @@ class Learner:
           Classification: the predicted label of each query, from ``support_y``'s values.
           Regression: the predicted targets ``[n_query, ...]``.
         """
-        steps = algos.eval_steps(self.config) if inner_steps is None else inner_steps
+        steps = algos.eval_steps(self._learner, self.config) if inner_steps is None else inner_steps
         prepare = self.spec.preprocess if raw else np.asarray
         support_x, query_x = prepare(support_x), prepare(query_x)
         classify = self.spec.objective.metric == "accuracy"
@@ -77,63 +77,16 @@ class Learner:
 
 def load(run_dir: str | os.PathLike) -> Learner:
     """The learner a finished ``metarun`` run saved in ``run_dir``."""
-    from metarun.train import BEST_PARAMS, CONFIG
+    from metarun import rundir  # imports orbax: not on ``import metarun``
+    from metarun.experiment import example_episode, init_meta_params, make_learners
 
     run_dir = Path(run_dir)
-    for path in (run_dir / CONFIG, run_dir / BEST_PARAMS):
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found: is {run_dir} a finished metarun run dir?")
-    config = _config(run_dir / CONFIG)
+    rundir.require_finished(run_dir)
+    config = rundir.load_config(run_dir)
     spec = data.spec(config.data)
-    model = models.make(config.model, spec.output_dim)
-    from metarun.train import make_learners
-
-    learner = make_learners(config, model, spec.objective)[1]  # the evaluation one
-    like = _meta_params_like(model, learner, spec)
-    return Learner(config, spec, model, learner, _restore(run_dir / BEST_PARAMS, like))
-
-
-def _meta_params_like(model, learner, spec: DataSpec):
-    """Shapes and dtypes of the meta-parameters, from an example episode; nothing computed."""
-    ways = spec.output_dim if spec.objective.metric == "accuracy" else 0
-    x = jax.ShapeDtypeStruct((max(ways, 1), *spec.input_shape), jnp.float32)
-    y = jax.ShapeDtypeStruct(
-        (max(ways, 1),) + (() if ways else (spec.output_dim,)), jnp.int32 if ways else jnp.float32
+    model, _, learner = make_learners(config, spec)  # the evaluation learner
+    key = jax.random.PRNGKey(0)  # shapes only: nothing is computed
+    like = jax.eval_shape(
+        partial(init_meta_params, model, learner, key, key), example_episode(spec)
     )
-    example = Episode(x, y, x, y, ways=ways)
-    key = jax.random.PRNGKey(0)
-
-    def init(episode):
-        params = model.init(key, episode.support_x)["params"]
-        return learner.init(params, key, episode)
-
-    return jax.eval_shape(init, example)
-
-
-def _config(path: Path) -> Config:
-    """The run's saved config, merged into the schemas so that a wrong one fails here."""
-    saved = OmegaConf.load(path)
-    register_configs()
-    typed = {
-        "algo": _schema(f"algo/{saved.algo.name}"),
-        "data": _schema(f"data/{saved.data.name}"),
-        "model": _schema(f"model/{saved.model.name}"),
-    }
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config(**typed)), saved))
-
-
-def _schema(path: str):
-    from hydra.core.config_store import ConfigStore
-
-    try:
-        return ConfigStore.instance().load(f"schema/{path}.yaml").node
-    except Exception:
-        choice = path.replace("/", "=")
-        raise ConfigError(f"the run's {choice} is unknown to this metarun") from None
-
-
-def _restore(path: Path, like):
-    import orbax.checkpoint as ocp
-
-    with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(path.absolute(), like)
+    return Learner(config, spec, model, learner, rundir.load_params(run_dir, like))

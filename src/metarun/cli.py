@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
 def _run(cfg: DictConfig) -> float:
     from metarun import distributed
+    from metarun.experiment import build
     from metarun.sweep import check_direction
-    from metarun.train import build, train
+    from metarun.train import train
 
     # orbax logs each step of every checkpoint write at INFO (through absl). Here, not in
     # main(): submitit's jobs call this function without main().
@@ -55,7 +56,7 @@ def _run(cfg: DictConfig) -> float:
 def refuse(err: Exception) -> None:
     """Exit with one line for the errors a user fixes (a config, a path, a diverging run);
     anything else is a bug, raised with its traceback."""
-    from metarun.checkpoint import CheckpointWriteError  # imports orbax: not at startup
+    from metarun.rundir import CheckpointWriteError  # imports orbax: not at startup
 
     if isinstance(err, ConfigError):
         print(f"metarun: invalid config: {err}", file=sys.stderr)
@@ -80,7 +81,7 @@ class Preflight(Callback):
     saved config. ``on_run_start`` comes first: the schema's checks and a refused resume
     (``trainer.resume=auto`` on a checkpoint of another config) stop the run here, leaving
     the run dir untouched; so do the algorithm's refusals of a model or setting
-    (:func:`metarun.train.check`), found without loading the data. Sweep jobs get fresh dirs
+    (:func:`metarun.experiment.check`), found without loading the data. Sweep jobs get fresh dirs
     and are checked in the task function, where one refused job does not stop the others.
     """
 
@@ -90,12 +91,12 @@ class Preflight(Callback):
             from metarun import distributed
 
             if not distributed.wanted(checked.trainer.distributed):  # JAX must wait for it
-                from metarun.train import check
+                from metarun.experiment import check
 
                 check(checked)  # what build() refuses (algorithm vs model, ...), no data loaded
             run_dir = Path(str(config.hydra.run.dir))
             if checked.trainer.resume == "auto" and (run_dir / "checkpoints").is_dir():
-                from metarun.checkpoint import resume_point
+                from metarun.resume import resume_point
 
                 resume_point(run_dir, checked)  # raises if the checkpoint's config differs
         except ConfigError as err:

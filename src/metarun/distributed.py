@@ -1,6 +1,6 @@
 """Multi-process runs: one JAX process per host (or per GPU), joined before any computation.
 
-Every process runs the same program. :func:`metarun.train.task_mesh` then spans the devices
+Every process runs the same program. :func:`metarun.step.task_mesh` then spans the devices
 of all processes, so each process samples and adapts its share of every meta-batch and
 XLA averages the meta-gradient across them; the meta-parameters are replicated everywhere.
 Process 0 writes the run dir's files (metrics, result, plots); the checkpoint is written

@@ -8,7 +8,7 @@ import pytest
 from metarun.algos.base import adapt_and_predict
 from metarun.algos.mann import Memory, instance_accuracies, lru_access, mann, set_order
 from metarun.config import ConfigError
-from metarun.train import build
+from metarun.experiment import build
 from metarun.types import Episode
 from tests.helpers import feature_episode, tanh_embed
 

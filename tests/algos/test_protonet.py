@@ -8,7 +8,7 @@ import pytest
 from metarun.algos.base import adapt_and_predict
 from metarun.algos.protonet import protonet
 from metarun.config import ConfigError
-from metarun.train import build
+from metarun.experiment import build
 
 RNG = np.random.default_rng(0)
 SUPPORT_X = RNG.normal(size=(6, 4))  # 3-way 2-shot, labels in no particular order

@@ -12,8 +12,8 @@ from metarun.algos import algos
 from metarun.algos.base import outer_loss
 from metarun.algos.relationnet import relationnet
 from metarun.config import ConfigError
+from metarun.experiment import build
 from metarun.models.mlp import MLP
-from metarun.train import build
 from metarun.types import CLASSIFICATION, Episode
 from tests.algos.wide_episodes import MODEL, train_wide_test_narrow
 

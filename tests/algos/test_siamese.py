@@ -12,7 +12,7 @@ from metarun import models
 from metarun.algos.base import outer_grad
 from metarun.algos.siamese import siamese
 from metarun.config import ConfigError
-from metarun.train import build
+from metarun.experiment import build
 from metarun.types import CLASSIFICATION, Episode
 from tests.algos.wide_episodes import MODEL, train_wide_test_narrow
 

@@ -15,7 +15,7 @@ from metarun.algos.snail import (
     tc_depth,
 )
 from metarun.config import ConfigError
-from metarun.train import build
+from metarun.experiment import build
 from metarun.types import Episode
 from tests.helpers import feature_episode, tanh_embed
 

@@ -9,7 +9,8 @@ import optax
 
 from metarun.data.episodes import make_sampler
 from metarun.evaluate import evaluate, make_evaluator
-from metarun.train import Experiment, init_state, make_meta_step, rng_streams
+from metarun.experiment import Experiment, rng_streams
+from metarun.step import init_state, make_meta_step
 from metarun.types import CLASSIFICATION, TaskSource
 
 

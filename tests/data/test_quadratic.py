@@ -7,7 +7,7 @@ import pytest
 
 from metarun.config import ConfigError, QuadraticConfig
 from metarun.data import quadratic
-from metarun.train import build
+from metarun.experiment import build
 
 
 def test_an_episode_is_the_quadratic_shifted_to_start_at_zero():

@@ -12,9 +12,11 @@ from flax import traverse_util
 from metarun import algos, models
 from metarun.algos.base import adapt_and_predict
 from metarun.config import ConfigError, compose, validate
+from metarun.experiment import build, rng_streams
 from metarun.models.conv4 import RUNNING_MOMENTUM, Conv4
 from metarun.models.resnet12 import ResNet12
-from metarun.train import build, compile_meta_step, init_state, rng_streams, train
+from metarun.step import compile_meta_step, init_state
+from metarun.train import train
 from metarun.types import CLASSIFICATION, Episode
 
 KEY = jax.random.PRNGKey(0)

@@ -33,27 +33,21 @@ def make(cfg, net, objective) -> MetaLearner:
     return algos.get(cfg.name)(cfg, net, objective)
 
 
-def gradient_based(cfg) -> bool:
-    """Whether the learner adapts by an inner loop (MAML family, Reptile): whether
-    ``algo.inner_steps`` and ``eval.inner_steps`` mean anything to it."""
-    return hasattr(cfg, "inner_steps")
+def inner_steps(learner: MetaLearner, cfg) -> int:
+    """``algo.inner_steps`` (``cfg``: the algo config) for a learner with an inner loop, else 0:
+    the others adapt in one forward pass."""
+    return cfg.inner_steps if learner.inner_loop else 0
 
 
-def inner_steps(cfg) -> int:
-    """``algo.inner_steps``; 0 for a learner that adapts in one forward pass."""
-    return cfg.inner_steps if gradient_based(cfg) else 0
-
-
-def eval_steps(config) -> int:
-    """``eval.inner_steps``; 0 for a learner that adapts in one forward pass."""
-    return config.eval.inner_steps if gradient_based(config.algo) else 0
+def eval_steps(learner: MetaLearner, config) -> int:
+    """``eval.inner_steps`` for a learner with an inner loop, else 0."""
+    return config.eval.inner_steps if learner.inner_loop else 0
 
 
 __all__ = [
     "MetaLearner",
     "algos",
     "eval_steps",
-    "gradient_based",
     "inner_steps",
     "make",
     "outer_grad",

@@ -12,37 +12,17 @@ https://arxiv.org/abs/1909.09157
 
 from __future__ import annotations
 
+from functools import partial
+
 from metarun.algos import algos
-from metarun.algos.base import MetaLearner, gradient_descent, predict_with_adapted
-from metarun.config import BN_MODES
+from metarun.algos.base import MetaLearner
+from metarun.algos.maml import maml
 from metarun.types import Objective
 
 HEAD = "head"
 
-
-def anil(
-    apply_fn, loss_fn, *, inner_lr: float, first_order: bool = False, remat: bool = False
-) -> MetaLearner:
-    """ANIL on a model whose parameters hold a top-level ``head`` entry."""
-
-    def init(params, key=None, episode=None):
-        del key, episode
-        if HEAD not in params:
-            raise ValueError(f"ANIL adapts the layer named {HEAD!r}; the model has {list(params)}")
-        return params
-
-    def adapt(params, support_x, support_y, num_steps, ways=0):
-        del ways  # the head has data.ways outputs
-
-        def support_loss(head):
-            return loss_fn(apply_fn({**params, HEAD: head}, support_x), support_y)
-
-        head = gradient_descent(support_loss, params[HEAD], inner_lr, num_steps, first_order, remat)
-        return {**params, HEAD: head}
-
-    return MetaLearner(
-        init=init, adapt=adapt, predict=predict_with_adapted(apply_fn), bn_modes=BN_MODES
-    )
+# ANIL on a model whose parameters hold a top-level ``head`` entry.
+anil = partial(maml, adapt_only=HEAD)
 
 
 @algos.register("anil")

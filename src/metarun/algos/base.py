@@ -55,7 +55,10 @@ class MetaLearner(NamedTuple):
       passes (``net.apply(params, query_x, support_x)``), and ``running`` by keeping its
       model parameters at ``meta_params[encoder_key]`` (the whole ``meta_params`` when
       ``encoder_key`` is None), where the meta-step updates the running averages;
-    * ``bf16``: whether ``trainer.precision=bf16`` reaches its computation.
+    * ``bf16``: whether ``trainer.precision=bf16`` reaches its computation;
+    * ``inner_loop``: whether it adapts by an inner loop of ``num_steps`` steps
+      (``algo.inner_steps`` in meta-training, ``eval.inner_steps`` at evaluation); the others
+      adapt in one pass and are given ``num_steps=0``.
     """
 
     init: Callable[[Params, PRNGKey, Episode], MetaParams]
@@ -70,12 +73,7 @@ class MetaLearner(NamedTuple):
     # own networks (a controller, a learned optimizer) run in float32 around the model.
     bf16: bool = True
     encoder_key: str | None = None
-
-
-def init_params(params: Params, key: PRNGKey = None, episode: Episode | None = None) -> Params:
-    """``init`` for learners whose meta-parameters are the model's parameters."""
-    del key, episode
-    return params
+    inner_loop: bool = False
 
 
 def drop_head(params: Params, key: PRNGKey = None, episode: Episode | None = None) -> Params:

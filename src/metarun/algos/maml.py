@@ -16,41 +16,84 @@ from __future__ import annotations
 
 from functools import partial
 
+import jax
+
 from metarun.algos import algos
-from metarun.algos.base import (
-    MetaLearner,
-    gradient_descent,
-    init_params,
-    predict_with_adapted,
-)
+from metarun.algos.base import MetaLearner, gradient_descent, predict_with_adapted
 from metarun.algos.mamlpp import mamlpp
 from metarun.config import BN_MODES
 from metarun.types import Objective
 
 
 def maml(
-    apply_fn, loss_fn, *, inner_lr: float, first_order: bool = False, remat: bool = False
+    apply_fn,
+    loss_fn,
+    *,
+    inner_lr: float,
+    first_order: bool = False,
+    remat: bool = False,
+    adapt_only: str | None = None,
+    learned_lr: bool = False,
 ) -> MetaLearner:
-    """MAML: the meta-parameters are the model's initial parameters θ.
+    """MAML, and the variants that differ only in what the inner loop adapts and how fast.
+
+    ``fomaml``, ``anil`` (``algos/anil.py``) and ``metasgd`` (``algos/metasgd.py``) are
+    partials of this function; Reptile (``algos/reptile.py``) is first-order MAML with an
+    outer update of its own.
 
     Args:
-      apply_fn: ``(params, x) -> predictions``.
+      apply_fn: ``(params, x, context=None) -> predictions``.
       loss_fn: ``(predictions, targets) -> scalar`` inner loss.
-      inner_lr: the inner step size α.
+      inner_lr: the inner step size α (Meta-SGD: the initial value of every learned one).
       first_order: drop the second-order terms of the meta-gradient.
       remat: recompute each inner step on the backward pass (``gradient_descent``).
+      adapt_only: adapt only this top-level entry of the parameters (ANIL: ``"head"``); the
+        rest is meta-learned by the outer loop alone.
+      learned_lr: meta-learn one step size per parameter (Meta-SGD); the meta-parameters are
+        then ``{"params": θ, "inner_lr": α}`` with α shaped like θ.
     """
 
-    def adapt(params, support_x, support_y, num_steps, ways=0):
+    def init(params, key=None, episode=None):
+        del key, episode
+        if adapt_only is not None and adapt_only not in params:
+            raise ValueError(
+                f"the inner loop adapts the layer named {adapt_only!r}; the model has "
+                f"{list(params)}"
+            )
+        if learned_lr:
+            return {"params": params, "inner_lr": jax.tree.map(lambda p: p * 0 + inner_lr, params)}
+        return params
+
+    def adapt(meta_params, support_x, support_y, num_steps, ways=0):
         del ways  # the head has data.ways outputs
+        params, lr = (
+            (meta_params["params"], meta_params["inner_lr"])
+            if learned_lr
+            else (meta_params, inner_lr)
+        )
 
         def support_loss(p):
             return loss_fn(apply_fn(p, support_x), support_y)
 
-        return gradient_descent(support_loss, params, inner_lr, num_steps, first_order, remat)
+        if adapt_only is None:
+            return gradient_descent(support_loss, params, lr, num_steps, first_order, remat)
+
+        def part_loss(part):
+            return support_loss({**params, adapt_only: part})
+
+        part_lr = lr[adapt_only] if learned_lr else lr
+        part = gradient_descent(
+            part_loss, params[adapt_only], part_lr, num_steps, first_order, remat
+        )
+        return {**params, adapt_only: part}
 
     return MetaLearner(
-        init=init_params, adapt=adapt, predict=predict_with_adapted(apply_fn), bn_modes=BN_MODES
+        init=init,
+        adapt=adapt,
+        predict=predict_with_adapted(apply_fn),
+        bn_modes=BN_MODES,
+        encoder_key="params" if learned_lr else None,
+        inner_loop=True,
     )
 
 

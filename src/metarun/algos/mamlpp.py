@@ -205,4 +205,5 @@ def mamlpp(
         outer_grad=outer_grad,
         bn_modes=("transductive",) if per_step_bn else BN_MODES,
         encoder_key="params",
+        inner_loop=True,
     )

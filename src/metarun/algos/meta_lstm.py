@@ -187,7 +187,9 @@ def meta_lstm(
         state, _ = jax.lax.scan(step, initial_state(theta, hidden), None, num_steps)
         return unravel(state.theta)
 
-    return MetaLearner(init=init, adapt=adapt, predict=predict_with_adapted(apply_fn))
+    return MetaLearner(
+        init=init, adapt=adapt, predict=predict_with_adapted(apply_fn), inner_loop=True
+    )
 
 
 @algos.register("meta_lstm")

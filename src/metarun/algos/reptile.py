@@ -35,13 +35,9 @@ import jax
 import jax.numpy as jnp
 
 from metarun.algos import algos
-from metarun.algos.base import (
-    MetaLearner,
-    gradient_descent,
-    init_params,
-    predict_with_adapted,
-)
-from metarun.config import BN_MODES, ConfigError
+from metarun.algos.base import MetaLearner
+from metarun.algos.maml import maml
+from metarun.config import ConfigError
 from metarun.types import Episode, Objective
 
 
@@ -59,16 +55,11 @@ def reptile(apply_fn, objective: Objective, *, inner_lr: float) -> MetaLearner:
       support and query sets together and returns θ − mean_t(W_t).
     """
 
-    def adapt(params, support_x, support_y, num_steps, ways=0):
-        del ways  # the head has data.ways outputs
-
-        def support_loss(p):
-            return objective.loss(apply_fn(p, support_x), support_y)
-
-        return gradient_descent(support_loss, params, inner_lr, num_steps, first_order=True)
+    # Evaluation adapts as first-order MAML does; meta-training has its own update.
+    learner = maml(apply_fn, objective.loss, inner_lr=inner_lr, first_order=True)
 
     def adapt_each(params, x, y, num_steps):
-        return jax.vmap(adapt, in_axes=(None, 0, 0, None))(params, x, y, num_steps)
+        return jax.vmap(learner.adapt, in_axes=(None, 0, 0, None))(params, x, y, num_steps)
 
     def outer_grad(params, episodes: Episode, num_steps, step):
         del step
@@ -85,13 +76,7 @@ def reptile(apply_fn, objective: Objective, *, inner_lr: float) -> MetaLearner:
         )
         return pseudo_grad, jax.tree.map(jnp.mean, query_metrics)
 
-    return MetaLearner(
-        init=init_params,
-        adapt=adapt,
-        predict=predict_with_adapted(apply_fn),
-        outer_grad=outer_grad,
-        bn_modes=BN_MODES,
-    )
+    return learner._replace(outer_grad=outer_grad)
 
 
 @algos.register("reptile")

@@ -4,15 +4,18 @@ A record is a flat dict with ``"step"``; trackers are called from the host every
 ``trainer.log_every`` steps, never inside the jitted step, and only on process 0.
 :func:`metarun.train.train` drives each tracker through four calls:
 
-- ``make(cfg.logger, run_dir, config)``: start, with the full config as hyper-parameters.
-  Whatever a tracker writes goes under ``run_dir`` unless its config points elsewhere.
+- ``make(cfg.logger, run_dir, config, start_step)``: start, with the full config as
+  hyper-parameters. Whatever a tracker writes goes under ``run_dir`` unless its config points
+  elsewhere. ``start_step`` is the step training continues after (0 for a fresh run; a resumed
+  run's checkpoint step): a tracker that keeps records in the run dir drops the ones after it,
+  which the resumed run logs again.
 - ``log(record)``: every ``trainer.log_every`` steps.
 - ``close()``: training is over (called in a ``finally``); buffered records reach the disk.
 - ``summary(result)``: after the meta-test and the plots: the final result (what
   ``result.json`` holds) and ``run_dir/*.png``; this ends the tracker's run. A run that
   never gets its summary (training or the meta-test raised) ends as failed at exit.
 
-Adding a tracker = a module here registering ``factory(cfg, run_dir, config)`` under its
+Adding a tracker = a module here registering ``factory(cfg, run_dir, config, start_step)`` under its
 yaml's name + a schema in :mod:`metarun.config` + ``conf/logger/<name>.yaml`` + tests.
 """
 
@@ -53,10 +56,14 @@ class MultiLogger:
             target.summary(result)
 
 
-def make(cfg: dict[str, Any], run_dir: Path, config: dict[str, Any] | None = None) -> MultiLogger:
+def make(
+    cfg: dict[str, Any], run_dir: Path, config: dict[str, Any] | None = None, start_step: int = 0
+) -> MultiLogger:
     """The trackers named in ``cfg`` (``config.logger``); ``config``: the full config, as a dict."""
     config = config or {}
-    return MultiLogger([loggers.get(name)(sub, run_dir, config) for name, sub in cfg.items()])
+    return MultiLogger(
+        [loggers.get(name)(sub, run_dir, config, start_step) for name, sub in cfg.items()]
+    )
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

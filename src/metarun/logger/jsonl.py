@@ -32,9 +32,9 @@ class JsonlLogger:
         """Nothing to add: the result is the run dir's ``result.json``."""
 
 
-def truncate(path: Path, step: int) -> None:
+def _truncate(path: Path, step: int) -> None:
     """Drop the records after ``step``: a run resuming from its checkpoint at ``step`` logs
-    them again (``JsonlLogger`` appends)."""
+    them again (``JsonlLogger`` appends), and a fresh run (``step`` 0) all of them."""
     if not path.exists():
         return
     kept = []
@@ -52,5 +52,6 @@ def truncate(path: Path, step: int) -> None:
 
 
 @loggers.register("jsonl")
-def _jsonl(cfg, run_dir: Path, config: dict[str, Any]) -> JsonlLogger:
+def _jsonl(cfg, run_dir: Path, config: dict[str, Any], start_step: int) -> JsonlLogger:
+    _truncate(run_dir / cfg.filename, start_step)
     return JsonlLogger(run_dir / cfg.filename)

@@ -90,5 +90,6 @@ class MlflowLogger:
 
 
 @loggers.register("mlflow")
-def _mlflow(cfg, run_dir: Path, config: dict[str, Any]) -> MlflowLogger:
+def _mlflow(cfg, run_dir: Path, config: dict[str, Any], start_step: int) -> MlflowLogger:
+    del start_step  # a resumed run is a new MLflow run, its records from the checkpoint's step on
     return MlflowLogger(cfg, run_dir, config)

@@ -33,13 +33,16 @@ def _as_text(tree: dict[str, Any]) -> str:
 class TensorBoardLogger:
     """Scalars while training (one event file); the summary in a second file beside it."""
 
-    def __init__(self, cfg, run_dir: Path, config: dict[str, Any]):
+    def __init__(self, cfg, run_dir: Path, config: dict[str, Any], start_step: int = 0):
         from tensorboardX import SummaryWriter
 
         self.run_dir, self.config, self.step = run_dir, config, 0
         self.logdir = run_dir / cfg.logdir  # an absolute logdir stays as it is
         self.flush_secs = cfg.flush_secs
-        self.writer = SummaryWriter(str(self.logdir), flush_secs=self.flush_secs)
+        # A resumed run logs the steps after its checkpoint again: purge the earlier events of
+        # those steps so that each step has one value.
+        purge = start_step + 1 if start_step else None
+        self.writer = SummaryWriter(str(self.logdir), flush_secs=self.flush_secs, purge_step=purge)
         if config:
             self.writer.add_text("config", _as_text(config), 0)
 
@@ -74,5 +77,5 @@ class TensorBoardLogger:
 
 
 @loggers.register("tensorboard")
-def _tensorboard(cfg, run_dir: Path, config: dict[str, Any]) -> TensorBoardLogger:
-    return TensorBoardLogger(cfg, run_dir, config)
+def _tensorboard(cfg, run_dir: Path, config: dict[str, Any], start_step: int) -> TensorBoardLogger:
+    return TensorBoardLogger(cfg, run_dir, config, start_step)

@@ -99,5 +99,6 @@ class WandbLogger:
 
 
 @loggers.register("wandb")
-def _wandb(cfg, run_dir: Path, config: dict[str, Any]) -> WandbLogger:
+def _wandb(cfg, run_dir: Path, config: dict[str, Any], start_step: int) -> WandbLogger:
+    del start_step  # a resumed run is a new W&B run, its records from the checkpoint's step on
     return WandbLogger(cfg, run_dir, config)

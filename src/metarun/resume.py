@@ -1,20 +1,10 @@
-"""Training-state checkpoints, when a run may resume from one, and stopping on a signal.
+"""Stopping on a signal, and whether a run may continue from its newest checkpoint.
 
-A checkpoint is ``<run_dir>/checkpoints/state/<step>/``, written by an orbax
-``CheckpointManager`` that keeps the last ``trainer.keep_checkpoints``. It holds three items:
-
-- ``state``: the :class:`~metarun.train.TrainState` (step, meta-parameters, optimizer state);
-- ``best``: the best-on-validation meta-parameters, once validation has run;
-- ``loop``: JSON with the rest of the loop (validation tracker, logged records, per-step
-  metrics not yet logged, skipped updates, training time) and the config that made it.
-
-orbax writes each checkpoint into ``<step>.orbax-checkpoint-tmp-*`` and renames it when
-complete, so a write cut short is never restored, and the next run removes it.
+The checkpoints themselves (names, orbax, what they hold) are :mod:`metarun.rundir`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import threading
@@ -23,14 +13,12 @@ from typing import Any, NoReturn
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from metarun.config import Config, ConfigError, to_dict
 from metarun.logger import flatten
+from metarun.rundir import Checkpoints
 
 log = logging.getLogger(__name__)
-
-STATE_DIR = "checkpoints/state"  # in the run dir; checkpoints/best is the tested parameters
 
 # Keys (and groups) that may differ between a checkpoint's config and the run resuming from
 # it: they change how a run is shown, logged, stored or joined, not what it computes.
@@ -48,98 +36,6 @@ RESUME_SAFE = (
 )
 
 
-class CheckpointWriteError(RuntimeError):
-    """A checkpoint could not be written (a full disk, a lost mount); earlier ones are intact."""
-
-
-class Checkpoints:
-    """The run dir's state checkpoints (an orbax ``CheckpointManager``); close it when done."""
-
-    def __init__(self, run_dir: Path, keep: int):
-        self.directory = (run_dir / STATE_DIR).absolute()
-        self.writing: int | None = None  # the step of the last save, perhaps still being written
-        self.manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(
-                preservation_policy=ocp.checkpoint_managers.LatestN(keep),
-                cleanup_tmp_directories=True,  # writes a killed process left unfinished
-            ),
-        )
-
-    def latest(self) -> int | None:
-        """The step of the newest complete checkpoint, if any."""
-        return self.manager.latest_step()
-
-    def clear(self) -> None:
-        for step in self.manager.all_steps():
-            self.manager.delete(step)
-
-    def save(self, step: int, state, best_params, loop: dict[str, Any]) -> None:
-        """Start writing (the device->host copy happens before this returns, so the caller may
-        donate ``state`` at once; the files are written in the background)."""
-        items = {"state": ocp.args.StandardSave(state), "loop": ocp.args.JsonSave(loop)}
-        if best_params is not None:
-            items["best"] = ocp.args.StandardSave(best_params)
-        # orbax would wait for the previous write at the start of this one anyway; waiting here
-        # first blames a failed background write on its own step.
-        self.wait()
-        self.writing = step
-        with self._written():
-            self.manager.save(step, args=ocp.args.Composite(**items), force=True)
-
-    def loop(self, step: int) -> dict[str, Any]:
-        """The ``loop`` item of the checkpoint at ``step``."""
-        return self.manager.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore())).loop
-
-    def arrays(self, step: int, state, best_params) -> tuple[Any, Any]:
-        """``(state, best parameters)`` at ``step``, shaped and placed like the given trees;
-        ``best_params=None`` when the checkpoint has none."""
-        items = {"state": ocp.args.StandardRestore(_like(state))}
-        if best_params is not None:
-            items["best"] = ocp.args.StandardRestore(_like(best_params))
-        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        return restored.state, restored.best if best_params is not None else None
-
-    def wait(self) -> None:
-        """Until the background writes are done."""
-        with self._written():
-            self.manager.wait_until_finished()
-
-    def close(self) -> None:
-        """Wait for the background writes, then release the manager."""
-        with self._written():
-            self.manager.close()
-
-    @contextlib.contextmanager
-    def _written(self):
-        """An ``OSError`` of a write as a :class:`CheckpointWriteError` that says what is safe.
-
-        orbax writes into a temporary folder and renames it only once complete, so a failed
-        write leaves the newer checkpoints as they were (the next run removes the remains).
-        """
-        try:
-            yield
-        except OSError as err:
-            latest = self.manager.latest_step()
-            kept = f"the checkpoint at step {latest} is intact" if latest else "no checkpoint"
-            raise CheckpointWriteError(
-                f"could not write the checkpoint at step {self.writing} in {self.directory}: "
-                f"{err.strerror or err}; {kept}, and the same command resumes from it. Free "
-                "space there, or lower trainer.keep_checkpoints or trainer.checkpoint_every"
-            ) from err
-
-    def __enter__(self) -> Checkpoints:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def _like(tree):
-    """Shapes, dtypes and shardings: what orbax restores into."""
-    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-
-
 def resume_point(run_dir: Path, config: Config) -> tuple[int, dict[str, Any]] | None:
     """Where training starts, by ``trainer.resume``: ``(step, loop item)`` of the run dir's
     newest checkpoint, or None to start from scratch (``never`` deletes the checkpoints)."""
@@ -154,22 +50,6 @@ def resume_point(run_dir: Path, config: Config) -> tuple[int, dict[str, Any]] | 
         if resume == "auto":
             check_resumable(loop["config"], config, step, checkpoints.directory)
         return step, loop
-
-
-def pending_to_json(pending: list[dict]) -> dict[str, Any]:
-    """The per-step metrics not yet logged, exactly (values and dtypes), for the ``loop`` item:
-    a run stopped between two logging steps resumes with the same means at the next one."""
-    host = jax.device_get(pending)
-    return {
-        "dtypes": {k: v.dtype.str for k, v in host[0].items()} if host else {},
-        "steps": [{k: v.item() for k, v in metrics.items()} for metrics in host],
-    }
-
-
-def pending_from_json(saved: dict[str, Any]) -> list[dict]:
-    """What :func:`pending_to_json` saved, as host arrays."""
-    dtypes = saved["dtypes"]
-    return [{k: np.asarray(v, dtypes[k]) for k, v in m.items()} for m in saved["steps"]]
 
 
 def check_resumable(saved: dict[str, Any], config: Config, step: int, directory: Path) -> None:

@@ -1,0 +1,121 @@
+"""What a config builds: the task source, the model, the meta-learners and the optimizer.
+
+Training (:func:`build`), the CLI's preflight (:func:`check`) and :func:`metarun.load` build the
+learners with the same function, :func:`make_learners`, from the dataset's spec (its shapes and
+objective, known without loading it), and derive the meta-parameters' structure with the same
+:func:`init_meta_params`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from metarun import algos, data, models, optim
+from metarun.algos.base import MetaLearner
+from metarun.config import Config, ConfigError
+from metarun.types import DataSpec, Episode, PRNGKey, TaskSource
+
+
+class Learners(NamedTuple):
+    """The model and its meta-learners. ``eval_learner`` is the learner of validation, the
+    meta-test and ``metarun.load``: the same as ``learner`` except with ``model.bn_mode=running``
+    (BatchNorm normalises with the running averages there, with the batch's statistics in
+    meta-training)."""
+
+    model: nn.Module
+    learner: MetaLearner
+    eval_learner: MetaLearner
+
+
+class Experiment(NamedTuple):
+    """Everything a training run needs, built from its config by :func:`build`."""
+
+    config: Config
+    source: TaskSource
+    model: nn.Module
+    learner: MetaLearner
+    optimizer: optax.GradientTransformation
+    prepare_sec: float  # loading the data and putting it on the device
+    eval_learner: MetaLearner
+
+
+def build(config: Config) -> Experiment:
+    start = time.perf_counter()
+    source = jax.block_until_ready(data.make(config.data))
+    prepare_sec = time.perf_counter() - start
+    model, learner, eval_learner = make_learners(config, data.spec(config.data))
+    optimizer = optim.make(config.optim, config.trainer.steps)
+    return Experiment(config, source, model, learner, optimizer, prepare_sec, eval_learner)
+
+
+def check(config: Config) -> None:
+    """Raise the :class:`ConfigError` that :func:`build` would, without loading any data
+    (the dataset's spec gives the shapes): the CLI calls it before Hydra writes the run dir."""
+    make_learners(config, data.spec(config.data))
+
+
+def make_learners(config: Config, spec: DataSpec) -> Learners:
+    """The model and the meta-training and evaluation learners of ``config``, refusing training
+    ways other than the head's for a learner with a head, and a ``model.bn_mode`` or
+    ``trainer.precision`` that the algorithm cannot honour."""
+    model = models.make(config.model, spec.output_dim)
+    objective = spec.objective
+    learner = algos.make(config.algo, models.network(model, config.trainer.precision), objective)
+    train_ways, ways = getattr(config.data, "train_ways", None), model.output_dim
+    if train_ways not in (None, ways) and not learner.any_ways:
+        raise ConfigError(
+            f"data.train_ways={train_ways} is invalid with algo={config.algo.name}: its model "
+            f"has a head of data.ways={ways} outputs; train with data.ways classes, or use a "
+            "metric-based learner (protonet, matchingnet, relationnet, siamese)"
+        )
+    if config.trainer.precision == "bf16" and not learner.bf16:
+        raise ConfigError(
+            f"trainer.precision=bf16 is invalid with algo={config.algo.name} and "
+            f"data={config.data.name}: its computation runs in float32 whatever the precision; "
+            "use trainer.precision=fp32"
+        )
+    mode = models.bn_mode(model)
+    if mode not in learner.bn_modes:
+        raise ConfigError(
+            f"model.bn_mode={mode} is invalid with algo={config.algo.name}"
+            f"{' and algo.per_step_bn=true' if getattr(config.algo, 'per_step_bn', False) else ''}"
+            f": it honours {', '.join(learner.bn_modes)}; every mode works with maml, fomaml, "
+            "metasgd, anil, reptile, protonet, matchingnet and siamese"
+        )
+    if mode != "running":
+        return Learners(model, learner, learner)
+    evaluation = models.network(model, config.trainer.precision, training=False)
+    return Learners(model, learner, algos.make(config.algo, evaluation, objective))
+
+
+def init_meta_params(
+    model: nn.Module, learner: MetaLearner, model_key: PRNGKey, learner_key: PRNGKey, episode
+) -> Any:
+    """The initial meta-parameters: the model's parameters at the shapes of an example
+    ``episode``, wrapped by the learner with whatever else it meta-learns."""
+    params = model.init(model_key, episode.support_x)["params"]
+    return learner.init(params, learner_key, episode)
+
+
+def example_episode(spec: DataSpec) -> Episode:
+    """An episode of ``spec``'s shapes and dtypes, one example per class: enough for
+    :func:`jax.eval_shape` of :func:`init_meta_params` (no data, nothing computed)."""
+    ways = spec.output_dim if spec.objective.metric == "accuracy" else 0
+    n = max(ways, 1)
+    x = jax.ShapeDtypeStruct((n, *spec.input_shape), jnp.float32)
+    y = jax.ShapeDtypeStruct(
+        (n,) + (() if ways else (spec.output_dim,)), jnp.int32 if ways else jnp.float32
+    )
+    return Episode(x, y, x, y, ways=ways)
+
+
+def rng_streams(seed: int) -> tuple[PRNGKey, PRNGKey]:
+    """(init key, training key); step ``s`` samples its meta-batch from fold_in(train, s)."""
+    init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
+    return init_key, train_key

@@ -1,0 +1,139 @@
+"""The meta-step: one jitted pure function from a training state to the next.
+
+It samples a meta-batch on the device, vmaps the algorithm's adaptation over its tasks (split
+over the devices of a mesh), and applies one optax update. :mod:`metarun.train` loops over it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from metarun import algos, models
+from metarun.algos.base import outer_grad
+from metarun.config import ConfigError
+from metarun.experiment import Experiment, init_meta_params
+from metarun.models.conv4 import RUNNING_MOMENTUM
+from metarun.types import PRNGKey
+
+
+class TrainState(NamedTuple):
+    step: jax.Array  # int32 scalar: outer updates done
+    meta_params: Any
+    opt_state: optax.OptState
+
+
+def init_state(exp: Experiment, key: PRNGKey) -> TrainState:
+    def init(key: PRNGKey) -> TrainState:
+        model_key, episode_key, learner_key = jax.random.split(key, 3)
+        example = exp.source.samplers["train"](episode_key)
+        meta_params = init_meta_params(exp.model, exp.learner, model_key, learner_key, example)
+        return TrainState(jnp.zeros((), jnp.int32), meta_params, exp.optimizer.init(meta_params))
+
+    # One program: run op by op, the initialisers compile dozens of tiny programs (seconds).
+    return jax.jit(init)(key)
+
+
+def task_mesh(devices: str, meta_batch: int) -> Mesh:
+    """A 1-D mesh over ``trainer.devices`` devices (of every process of a multi-process run);
+    the meta-batch is split along it."""
+    local = jax.devices()
+    n = len(local) if devices == "all" else int(devices)
+    if n > len(local):
+        raise ConfigError(
+            f"trainer.devices={devices} is invalid: this run has {len(local)} "
+            f"{jax.default_backend()} device(s)"
+        )
+    if meta_batch % n:
+        raise ConfigError(
+            f"trainer.meta_batch={meta_batch} is invalid: it must be a multiple of the "
+            f"{n} devices of trainer.devices={devices}"
+        )
+    # Auto axes: XLA propagates the split from the keys to everything computed from them.
+    auto = (jax.sharding.AxisType.Auto,)
+    return jax.make_mesh((n,), ("tasks",), devices=local[:n], axis_types=auto)
+
+
+def replicate(tree, mesh: Mesh):
+    """``tree`` copied onto every device of ``mesh`` (parameters, optimizer state, datasets)."""
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def make_meta_step(exp: Experiment, mesh: Mesh | None = None):
+    """``meta_step(state, train_key, sample) -> (state, metrics)``, pure; jit it at the call site.
+
+    ``sample`` is the train split's sampler (``exp.source.samplers["train"]``), an argument so
+    that the split's arrays are inputs of the compiled program rather than constants in it.
+    With a ``mesh`` the tasks of the meta-batch are split over its devices, each sampling and
+    adapting its share; XLA averages the meta-gradient across them (an all-reduce).
+    With ``trainer.nan_policy=skip`` an update with a non-finite loss or gradient is dropped
+    on the device and ``metrics["skipped"]`` says so.
+    """
+    meta_batch = exp.config.trainer.meta_batch
+    inner_steps = algos.inner_steps(exp.learner, exp.config.algo)
+    skip_nan = exp.config.trainer.nan_policy == "skip"
+    running = models.bn_mode(exp.model) == "running"
+
+    def meta_step(state: TrainState, train_key: PRNGKey, sample):
+        key = jax.random.fold_in(train_key, state.step)
+        keys = jax.random.split(key, meta_batch)
+        if mesh is not None and mesh.size > 1:
+            keys = jax.lax.with_sharding_constraint(keys, NamedSharding(mesh, P("tasks")))
+        episodes = jax.vmap(sample)(keys)
+        grads, metrics = outer_grad(
+            exp.learner, exp.source.objective, state.meta_params, episodes, inner_steps, state.step
+        )
+        updates, opt_state = exp.optimizer.update(grads, state.opt_state, state.meta_params)
+        meta_params = optax.apply_updates(state.meta_params, updates)
+        if running:  # BatchNorm's averages: this meta-batch's statistics, never a gradient
+            meta_params = _update_running_stats(exp, state.meta_params, meta_params, episodes)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        if skip_nan:
+            # A select, not a branch on the host: no device->host sync. The step still counts,
+            # so the next one samples other tasks.
+            ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+            meta_params, opt_state = jax.tree.map(
+                lambda new, old: jnp.where(ok, new, old),
+                (meta_params, opt_state),
+                (state.meta_params, state.opt_state),
+            )
+            metrics["skipped"] = ~ok
+        return TrainState(state.step + 1, meta_params, opt_state), metrics
+
+    return meta_step
+
+
+def _update_running_stats(exp: Experiment, before, after, episodes):
+    """``after`` (the updated meta-parameters) with BatchNorm's running averages moved towards
+    the statistics of the meta-batch's images under ``before`` (the ones differentiated)."""
+    key = exp.learner.encoder_key
+    images = jnp.concatenate([episodes.support_x, episodes.query_x], axis=1)
+    old, new = (before, after) if key is None else (before[key], after[key])
+    updated = models.update_running_stats(exp.model, old, images, RUNNING_MOMENTUM, into=new)
+    return updated if key is None else {**after, key: updated}
+
+
+def compile_meta_step(
+    exp: Experiment, state: TrainState, train_key: PRNGKey, sample=None, mesh: Mesh | None = None
+):
+    """Ahead-of-time compile with the state donated; returns (compiled step, seconds).
+
+    Call it as ``step(state, train_key, sample)``; ``sample`` defaults to
+    ``exp.source.samplers["train"]``. With a ``mesh``, pass ``state`` and ``sample`` through
+    :func:`replicate` first.
+
+    A compiled executable cannot silently recompile: a changed shape or dtype
+    raises instead, so every step after the first runs the same program.
+    """
+    start = time.perf_counter()
+    sample = exp.source.samplers["train"] if sample is None else sample
+    step = jax.jit(make_meta_step(exp, mesh), donate_argnums=0)
+    compiled = step.lower(state, train_key, sample)
+    compiled = compiled.compile()
+    return compiled, time.perf_counter() - start
