@@ -18,7 +18,8 @@ class AlgoConfig:
     inner_lr: float = 0.01  # α in θ' = θ − α ∇θ L_support(θ); Meta-SGD's initial value
     inner_steps: int = 1  # inner-loop steps during meta-training (0 = no adaptation)
     first_order: bool = False  # drop second-order terms (stop_gradient on inner gradients)
-    remat: bool = False  # recompute each inner step on the backward pass (jax.checkpoint)
+    # Recompute each inner step on the backward pass (jax.checkpoint): memory of long loops.
+    remat: bool = False
 
     def __post_init__(self) -> None:
         _check(self.inner_lr > 0, "algo.inner_lr", self.inner_lr, "must be > 0, e.g. 0.01")
@@ -35,10 +36,12 @@ class AlgoConfig:
 @dataclass
 class MAMLConfig(AlgoConfig):
     """MAML and first-order MAML, with the MAML++ switches (Antoniou et al. 2019,
-    algos/mamlpp.py); each is off by default."""
+    algos/mamlpp.py); each is off by default and separate from the others. The paper's fifth,
+    the cosine-annealed meta learning rate, is optim.schedule=cosine optim.min_lr=1e-5."""
 
     msl: bool = False  # multi-step loss: query losses of every inner step, annealed weights
-    msl_anneal_steps: int = 5000  # meta-steps until only the last step's loss counts
+    # Meta-steps until only the last step's loss counts (the paper's Omniglot: 10 epochs of 500).
+    msl_anneal_steps: int = 5000
     lslr: bool = False  # learned inner learning rate per parameter array and inner step
     per_step_bn: bool = False  # one BatchNorm scale and offset per inner step, meta-learned
     first_order_steps: int = 0  # derivative-order annealing: first-order meta-steps first
@@ -134,7 +137,9 @@ class MANNConfig:
     gamma: float = 0.95  # γ, the decay of the usage weights (the reimplementations' 0.95)
     # Two departures from the paper, from the Neural Turing Machine (see algos/mann.py): a
     # learned key strength β_t, starting here (0 = off, the paper's softmax(cos)), and writing
-    # a vector of its own, a_t = tanh(W_a h_t), rather than the key (false = the paper).
+    # a vector of its own, a_t = tanh(W_a h_t), rather than the key (false = the paper). Both
+    # chosen on validation accuracy (scripts/choose_on_validation.sh: 56.1% against 20.0% for
+    # the paper's).
     key_strength: float = 10.0
     write_vectors: bool = True
 
@@ -159,7 +164,8 @@ class SNAILConfig:
     # Attention block i: keys and queries of attention_keys[i], values of attention_values[i].
     attention_keys: list[int] = field(default_factory=lambda: [64, 256, 512])
     attention_values: list[int] = field(default_factory=lambda: [32, 128, 256])
-    # TC block i, after attention block i: ⌈log2 T⌉ dense blocks of tc_filters[i] filters.
+    # TC block i, after attention block i: ⌈log2 T⌉ dense blocks of tc_filters[i] filters,
+    # T = ways·shots + 1 (the support sequence and the query).
     tc_filters: list[int] = field(default_factory=lambda: [128, 128])
 
     def __post_init__(self) -> None:
@@ -194,7 +200,7 @@ class MetaLSTMConfig:
     forget_init: float = 0.99  # forget gate at init, f = σ(b_F) (the authors' code: b_F ∈ [4, 5])
     hidden: int = 20  # units of the first, standard LSTM layer (the paper's 20)
     weight_init: float = 0.01  # the other meta-learner weights start U(−w, w) (the authors' code)
-    p: float = 10.0  # gradient and loss preprocessing (Andrychowicz et al.): threshold e^−p
+    p: float = 10.0  # gradient and loss preprocessing (Andrychowicz et al. 2016): threshold e^−p
     remat: bool = False  # recompute each step's LSTM activations on the backward pass
 
     def __post_init__(self) -> None:
@@ -226,7 +232,8 @@ class LSTMOptConfig:
     preprocess: str = "log_sign"  # the paper's (log|g|/p, sign g); none: g itself
     p: float = 10.0  # preprocess=log_sign: gradients below e^−p are read linearly (paper: 10)
     horizon: int = 100  # optimizee steps per task, in training and at test (the paper's 100)
-    unroll: int = 20  # truncated BPTT: steps per segment of the meta-gradient (the paper's 20)
+    # Truncated BPTT: steps per segment of the meta-gradient, a divisor of horizon (paper: 20).
+    unroll: int = 20
 
     def __post_init__(self) -> None:
         _check(self.hidden >= 1, "algo.hidden", self.hidden, "must be >= 1")

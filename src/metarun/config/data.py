@@ -86,10 +86,11 @@ class OmniglotConfig(ImageEpisodes):
     split: str = "characters"
     archives: list[str] = field(default_factory=lambda: ["background", "evaluation"])
     image_size: int = 28
-    val_fraction: float = 0.15  # of the training characters (alphabets for split=alphabets)
-    val_alphabets: list[str] = field(default_factory=list)  # overrides val_fraction
+    val_fraction: float = 0.15  # of the training alphabets (characters for split=characters)
+    # Validation alphabets, winning over val_fraction; never a test alphabet.
+    val_alphabets: list[str] = field(default_factory=list)
     test_alphabets: list[str] = field(default_factory=list)  # split=alphabets; [] = evaluation's
-    split_seed: int = 0  # the shuffle of split=characters and of val_fraction
+    split_seed: int = 0  # the shuffles of the test (split=characters) and of validation
 
     def __post_init__(self) -> None:
         self._check_episodes()

@@ -28,7 +28,9 @@ class WandbLoggerConfig:
     group: str = ""  # e.g. one name for the seeds of a sweep; "" = none
     tags: list[str] = field(default_factory=list)
     name: str = ""  # "" = a name W&B makes up
-    mode: str = "auto"  # auto: $WANDB_MODE, else online when an API key is found, else offline
+    # online, offline, disabled, or auto: $WANDB_MODE, else online when an API key is found,
+    # else offline.
+    mode: str = "auto"
     init_timeout: float = 30.0  # seconds to reach the server before going offline instead
 
     def __post_init__(self) -> None:

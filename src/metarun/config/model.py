@@ -9,9 +9,11 @@ from metarun.config.errors import _check, _check_choice
 
 @dataclass
 class MLPConfig:
+    """Multilayer perceptron: hidden layers, then the "head", the last layer (what ANIL adapts)."""
+
     name: str = "mlp"
-    hidden: list[int] = field(default_factory=lambda: [40, 40])
-    activation: str = "relu"
+    hidden: list[int] = field(default_factory=lambda: [40, 40])  # widths (MAML §5.1: 40, 40)
+    activation: str = "relu"  # relu, tanh or gelu
 
     def __post_init__(self) -> None:
         _check(
@@ -36,8 +38,11 @@ class Conv4Config:
     name: str = "conv4"
     filters: int = 64  # 64 on Omniglot, 32 on mini-ImageNet (MAML)
     strided: bool = False  # MAML's Omniglot variant: stride-2 convolutions, no max-pool
-    conv: str = "auto"  # auto: im2col on CPU/GPU, XLA's convolution on TPU (same result)
-    bn_mode: str = "transductive"  # how BatchNorm normalises a query set: BN_MODES
+    conv: str = "auto"  # auto: im2col on CPU/GPU, XLA's convolution on TPU (same numbers)
+    # How BatchNorm normalises a query set: transductive (its own statistics), support (the
+    # support set's, MetaBN), task_norm (TaskNorm-I) or running (averages kept in
+    # meta-training); models/conv4.py.
+    bn_mode: str = "transductive"
 
     def __post_init__(self) -> None:
         _check(self.filters >= 1, "model.filters", self.filters, "must be >= 1")
@@ -51,8 +56,11 @@ class ResNet12Config:
 
     name: str = "resnet12"
     channels: list[int] = field(default_factory=lambda: [64, 160, 320, 640])  # MetaOptNet
-    conv: str = "auto"  # auto: im2col on CPU/GPU, XLA's convolution on TPU (same result)
-    bn_mode: str = "transductive"  # how BatchNorm normalises a query set: BN_MODES
+    conv: str = "auto"  # auto: im2col on CPU/GPU, XLA's convolution on TPU (same numbers)
+    # How BatchNorm normalises a query set: transductive (its own statistics), support (the
+    # support set's, MetaBN), task_norm (TaskNorm-I) or running (averages kept in
+    # meta-training); models/conv4.py.
+    bn_mode: str = "transductive"
 
     def __post_init__(self) -> None:
         _check(

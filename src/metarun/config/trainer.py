@@ -10,22 +10,28 @@ from metarun.config.errors import _check, _check_choice
 
 @dataclass
 class TrainerConfig:
-    steps: int = 70000  # meta-training steps (outer updates)
+    steps: int = 70000  # meta-training steps (outer updates); MAML §5.1 trains 70k
     meta_batch: int = 25  # tasks per outer update
     log_every: int = 500  # fetch metrics from the device every N steps
     val_every: int = 5000  # meta-validate every N steps (a multiple of log_every; 0 = never)
     progress: bool = True  # show a progress bar
     devices: str = "all"  # split each meta-batch over this many devices ("all" or N)
     precision: str = "fp32"  # bf16: forward passes in bfloat16, float32 master weights
-    distributed: str = "auto"  # join other processes: auto (under SLURM), on, off
+    # Join other processes: auto (when SLURM starts several tasks), on, off.
+    distributed: str = "auto"
     coordinator: str = ""  # host:port of process 0, for distributed=on outside SLURM
     num_processes: int = 1  # with coordinator
     process_id: int = 0  # with coordinator: this process, 0 .. num_processes - 1
-    # Checkpoints of the whole training state, in <run dir>/checkpoints/state (checkpoint.py).
+    # Checkpoints of the whole training state (parameters, optimizer, validation tracker, logged
+    # metrics) in <run dir>/checkpoints/state/<step>, written atomically by orbax (checkpoint.py).
     checkpoint_every: int = 5000  # steps, a multiple of log_every; 0 = at the end and on signals
     keep_checkpoints: int = 2  # the newest k
-    resume: str = "auto"  # auto: continue the run dir's checkpoint; never: start over; force
-    nan_policy: str = "stop"  # a non-finite loss or gradient: stop (raise), or skip the update
+    # auto: continue from the run dir's newest checkpoint, if its config computes the same (else
+    # an error names the keys); never: delete the run dir's checkpoints and start over; force:
+    # continue even from a checkpoint made with another config.
+    resume: str = "auto"
+    # A non-finite loss or gradient: stop (raise, naming the steps), or skip the update.
+    nan_policy: str = "stop"
 
     def __post_init__(self) -> None:
         _check(self.steps >= 0, "trainer.steps", self.steps, "must be >= 0")
