@@ -1,9 +1,21 @@
 """The real conf/: every choice composes, validates and builds; bad values name the key."""
 
+from pathlib import Path
+
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
 
-from metarun.config import ConfigError, compose, conf_dir, validate
+import metarun.config
+from metarun.config import (
+    ConfigError,
+    EvalConfig,
+    OptimConfig,
+    TrainerConfig,
+    compose,
+    conf_dir,
+    validate,
+)
 from metarun.experiment import build, check
 from tests.data import fixtures
 
@@ -47,6 +59,38 @@ def _classifies_only(config) -> bool:
     except ConfigError as err:
         return "it classifies" in str(err)
     return False
+
+
+def schema_of(group: str, choice: str) -> type:
+    """The dataclass conf/<group>/<choice>.yaml is merged into (metarun.config.<group>)."""
+    single = {"optim": OptimConfig, "trainer": TrainerConfig, "eval": EvalConfig}
+    return single.get(group) or getattr(metarun.config, group).SCHEMAS[choice]
+
+
+@pytest.mark.parametrize(("group", "choice"), CHOICES)
+def test_a_yaml_states_its_name_and_what_differs_from_its_schema(group, choice):
+    path = conf_dir() / group / f"{choice}.yaml"
+    own = OmegaConf.to_container(OmegaConf.load(path))
+    own.pop("defaults", None)
+    if path.read_text().startswith("# @package _global_"):  # pins another group's keys too
+        own = own.get(group, {})
+    if group == "logger":  # each logger's keys sit under its name (its `name` is the run's)
+        own = own.get(choice, {})
+    defaults = OmegaConf.to_container(OmegaConf.structured(schema_of(group, choice)))
+    if "name" in defaults and group != "logger":
+        assert own.pop("name", None) == choice, f"{path.name} must state name: {choice}"
+    for key, value in own.items():
+        assert key in defaults, f"{path.name}: {key} is not in the schema"
+        assert value != defaults[key], f"{path.name}: {key}: {value} is the schema's default"
+
+
+def test_conf_dir_is_the_repo_root_s_or_the_installed_package_s(tmp_path, monkeypatch):
+    assert conf_dir() == Path(__file__).resolve().parents[1] / "conf"  # editable install
+    # A wheel carries conf/ as metarun/conf (pyproject.toml's force-include).
+    package = tmp_path / "site-packages" / "metarun"
+    (package / "conf").mkdir(parents=True)
+    monkeypatch.setattr(metarun.config, "__file__", str(package / "config" / "__init__.py"))
+    assert conf_dir() == package / "conf"
 
 
 def test_defaults_are_the_paper_setting():

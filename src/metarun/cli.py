@@ -15,7 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from metarun.config import ConfigError, DataError, conf_dir, register_configs, validate
 
@@ -141,10 +141,47 @@ def release() -> None:
     jax.clear_caches()
 
 
+# Groups of conf/ that `metarun --help` leaves out: the schemas, the presets that the algo, data
+# and model choices select by themselves, and Hydra's own (but hydra/launcher, listed apart).
+INTERNAL_GROUPS = ("schema", "preset", "preset_model", "data_model", "hydra")
+
+
+def help_groups(which: str) -> str:
+    """The ``group: option, ...`` lines of ``metarun --help`` (conf/hydra/help/metarun.yaml),
+    read from Hydra's config search path when the help prints, so that none goes missing.
+
+    ``which`` is ``composed`` (the groups of the root config's defaults list, ``*`` on the
+    default), ``added`` (the other groups, chosen with ``+group=option``) or one group's path.
+    """
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader()
+    defaults = {}  # "optional preset: ..." -> {"preset": ...}; lists (logger) as they are
+    for entry in OmegaConf.to_container(OmegaConf.load(conf_dir() / "config.yaml").defaults):
+        if isinstance(entry, dict):  # not the schema's name nor _self_
+            defaults.update((key.split()[-1], value) for key, value in entry.items())
+    if which in ("composed", "added"):
+        groups = [
+            group
+            for group in sorted(loader.list_groups(""))
+            if group not in INTERNAL_GROUPS and (group in defaults) == (which == "composed")
+        ]
+    else:
+        groups = [which]
+    lines = []
+    for group in groups:
+        default = defaults.get(group, [])
+        marked = [default] if isinstance(default, str) else default
+        options = [f"{o}*" if o in marked else o for o in sorted(loader.get_group_options(group))]
+        lines.append(f"{group}: {', '.join(options)}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     # JAX logs at INFO that it found no TPU; Hydra's job logging would print it on every run.
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     register_configs()
+    OmegaConf.register_new_resolver("metarun_help_groups", help_groups, replace=True)
     try:
         _run()
     except SystemExit as stop:
