@@ -420,9 +420,10 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
         val = evaluate(val_eval, meta_params, val_sampler, val_keys, metric)
         val_mean, val_ci95 = val.mean, val.ci95
     result.update(val_mean=val_mean, val_ci95=val_ci95, val_episodes=eval_cfg.val_episodes)
-    if exp.learner.report is not None:  # results of the learner's own (lstm_opt: baselines, plot)
-        report_dir = run_dir if lead else None
-        result.update(exp.eval_learner.report(meta_params, exp.source, config, report_dir))
+    from metarun.baselines import extra_results  # matplotlib only once a run ends
+
+    # Experiments of the run's own (lstm_opt on quadratics: hand-designed baselines, a figure).
+    result.update(extra_results(exp, meta_params, run_dir if lead else None))
     result.update(
         best_step=best.step if validated else trainer.steps,
         **({f"best_val_{metric}": best.value} if validated else {}),
@@ -528,11 +529,6 @@ def _meta_test(exp: Experiment, meta_params, mesh: Mesh) -> dict[str, Any]:
 
 
 def _plot(exp: Experiment, meta_params, history: list[dict], run_dir: Path) -> None:
-    from metarun.plots import plot_learning_curves
+    from metarun.plots import plot_run  # matplotlib only once a run ends
 
-    if history:
-        plot_learning_curves(history, exp.source.objective.metric, run_dir / "learning_curves.png")
-    if exp.source.plot is not None:
-        exp.source.plot(
-            exp.eval_learner, meta_params, algos.eval_steps(exp.config), run_dir / "adaptation.png"
-        )
+    plot_run(exp, meta_params, history, run_dir)

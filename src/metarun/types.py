@@ -102,10 +102,8 @@ class TaskSource(NamedTuple):
         argument, so a dataset reaches them as a buffer, never as a compiled-in constant.
       objective: how the episodes are scored.
       output_dim: size of the model's output (1 for regression, ``ways`` for classification).
-      plot: optional ``(learner, meta_params, inner_steps, path) -> None`` drawing adaptation.
     """
 
     samplers: dict[str, Callable[[PRNGKey], Episode]]
     objective: Objective
     output_dim: int
-    plot: Callable[..., None] | None = None

@@ -47,9 +47,6 @@ class MetaLearner(NamedTuple):
       in place of the dataset's (Relation Networks regress scores on one-hot labels);
     * ``any_ways``: whether training episodes may have another number of classes than the
       evaluation ones (``data.train_ways``): true when there is no ``ways``-wide head;
-    * ``report`` (optional): ``(meta_params, source, config, run_dir) -> dict``, called once
-      after the meta-test with the tested meta-parameters: extra keys for ``result.json``
-      (lstm_opt's hand-designed baselines); it may write figures to ``run_dir`` (None: none);
     * ``bn_modes``: the ``model.bn_mode`` values it honours; a learner honours ``support``
       and ``task_norm`` by giving the network the support set as the context of its query
       passes (``net.apply(params, query_x, support_x)``), and ``running`` by keeping its
@@ -64,7 +61,6 @@ class MetaLearner(NamedTuple):
     outer_grad: Callable[[MetaParams, Episode, int, Array], tuple[MetaParams, dict]] | None = None
     loss: Callable[[Array, Array], Array] | None = None
     any_ways: bool = False
-    report: Callable[..., dict] | None = None
     bn_modes: tuple[str, ...] = ("transductive",)
     # Whether trainer.precision=bf16 reaches its computation: False for the learners whose
     # own networks (a controller, a learned optimizer) run in float32 around the model.
