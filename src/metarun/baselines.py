@@ -5,7 +5,9 @@ meta-test's.
 An experiment of the trainer's, not part of the algorithm: ``train`` asks :func:`extra_results`
 for the keys it adds to ``result.json`` (none for other runs), and this module draws the curves
 with :func:`metarun.plots.plot_optimizer_curves`. The learned optimizer is algos/lstm_opt.py's
-at the tested weights, on data/quadratic.py's functions.
+at the tested weights; the functions are the tasks' own (``objective.optimizee``, the
+:class:`~metarun.types.Optimizee` a dataset of functions to minimise provides), so no dataset
+module is imported here either.
 """
 
 from __future__ import annotations
@@ -19,10 +21,9 @@ import numpy as np
 import optax
 
 from metarun.algos.lstm_opt import lstm_optimizer, trajectory
-from metarun.data import quadratic
 from metarun.evaluate import confidence_interval, episode_keys
 from metarun.plots import plot_optimizer_curves
-from metarun.types import Array
+from metarun.types import Array, Objective
 
 # Learning rates tried for each hand-designed optimizer: half-decades from 1e-4 to 3.
 BASELINE_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)
@@ -31,22 +32,28 @@ TUNING_TASKS = 128  # training quadratics the learning rates are chosen on
 CURVES = "optimizer_curves.png"
 
 
-def quadratic_curves(opt: optax.GradientTransformation, episodes, horizon: int) -> Array:
-    """``[tasks, horizon + 1]``: f(θ_t), t = 0 .. T, of ``opt`` on each packed quadratic."""
+def function_curves(
+    opt: optax.GradientTransformation, episodes, horizon: int, objective: Objective
+) -> Array:
+    """``[tasks, horizon + 1]``: f(θ_t), t = 0 .. T, of ``opt`` on each episode's function
+    (``objective.optimizee``), from its start."""
+    optimizee = objective.optimizee
 
     def one(e):
         def f(theta):
-            return quadratic.QUADRATIC.loss(quadratic.predict(theta, e.support_x), e.support_y)
+            return objective.loss(optimizee.apply(theta, e.support_x), e.support_y)
 
-        theta = quadratic.start(e.support_x)
+        theta = optimizee.start(e.support_x)
         _, losses = trajectory(opt, f, theta, horizon, meta_loss=f)
         return jnp.concatenate([f(theta)[None], losses])
 
     return jax.vmap(one)(episodes)
 
 
-@partial(jax.jit, static_argnames=("learned", "horizon"))
-def _curves(meta_params, samplers, keys, learned, horizon: int) -> dict[str, Array]:
+@partial(jax.jit, static_argnames=("learned", "horizon", "objective"))
+def _curves(
+    meta_params, samplers, keys, learned, horizon: int, objective: Objective
+) -> dict[str, Array]:
     """One program: the learned optimizer's curves on the test tasks, and each baseline's at
     every learning rate of :data:`BASELINE_LRS` on the tuning then the test tasks,
     ``[lrs, tasks, T + 1]``. ``samplers``, ``keys``: (tuning, test) each; ``learned``: the
@@ -54,17 +61,17 @@ def _curves(meta_params, samplers, keys, learned, horizon: int) -> dict[str, Arr
     tuning, test = (jax.vmap(sample)(k) for sample, k in zip(samplers, keys, strict=True))
     both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), tuning, test)
     lrs = jnp.asarray(BASELINE_LRS, jnp.float32)
-    curves = {"learned": quadratic_curves(learned(meta_params["lstm"]), test, horizon)}
+    curves = {"learned": function_curves(learned(meta_params["lstm"]), test, horizon, objective)}
     for name, make in BASELINES.items():
-        curves[name] = jax.vmap(lambda lr, make=make: quadratic_curves(make(lr), both, horizon))(
-            lrs
-        )
+        curves[name] = jax.vmap(
+            lambda lr, make=make: function_curves(make(lr), both, horizon, objective)
+        )(lrs)
     return curves
 
 
 def extra_results(exp, meta_params, run_dir: Path | None) -> dict:
     """SGD, Adam and RMSProp on the meta-test's quadratics, and the learning curves, for
-    ``algo=lstm_opt`` on ``data=quadratic``; ``{}`` for other runs.
+    ``algo=lstm_opt`` on functions to minimise (``data=quadratic``); ``{}`` for other runs.
 
     Each baseline's learning rate is the one of :data:`BASELINE_LRS` with the lowest mean final
     loss on :data:`TUNING_TASKS` training quadratics (drawn from ``eval.seed``, apart from the
@@ -82,7 +89,7 @@ def extra_results(exp, meta_params, run_dir: Path | None) -> dict:
       the learned optimizer and the three baselines.
     """
     config, source = exp.config, exp.source
-    if config.algo.name != "lstm_opt" or source.objective is not quadratic.QUADRATIC:
+    if config.algo.name != "lstm_opt" or source.objective.optimizee is None:
         return {}
     algo, eval_cfg = config.algo, config.eval
     learned = partial(lstm_optimizer, scale=algo.scale, preprocess_name=algo.preprocess, p=algo.p)
@@ -91,7 +98,9 @@ def extra_results(exp, meta_params, run_dir: Path | None) -> dict:
         episode_keys(eval_cfg.seed, "lstm_opt_tuning", TUNING_TASKS),
         episode_keys(eval_cfg.seed, "test", eval_cfg.episodes),  # the meta-test's tasks
     )
-    computed = jax.device_get(_curves(meta_params, samplers, keys, learned, algo.horizon))
+    computed = jax.device_get(
+        _curves(meta_params, samplers, keys, learned, algo.horizon, source.objective)
+    )
     curves = {"learned": computed["learned"]}
     report = {"baselines": {}, "baselines_ci95": {}, "baseline_lrs": {}}
     for name in BASELINES:

@@ -21,7 +21,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 from metarun import algos  # noqa: E402
 from metarun.algos.base import adapt_and_predict  # noqa: E402
 from metarun.data import sinusoid  # noqa: E402
-from metarun.types import CLASSIFICATION  # noqa: E402
 
 LEARNING_CURVES = "learning_curves.png"
 ADAPTATION = "adaptation.png"
@@ -38,7 +37,7 @@ def plot_run(exp, meta_params, history: list[dict], run_dir: Path) -> None:
     steps = algos.eval_steps(config)
     if config.data.name == "sinusoid":
         plot_sinusoid(exp.eval_learner, meta_params, steps, run_dir / ADAPTATION, config.data)
-    elif objective is CLASSIFICATION:
+    elif objective.task == "classification":
         sampler = exp.source.samplers["test"]
         plot_episodes(exp.eval_learner, meta_params, steps, run_dir / ADAPTATION, sampler)
 

@@ -95,6 +95,7 @@ def make_learners(config: Config, model: nn.Module, objective) -> tuple[MetaLear
     """The meta-training learner and the evaluation one (:class:`Experiment`), refusing
     training ways other than the head's for a learner with a head, and a ``model.bn_mode``
     that the algorithm cannot honour."""
+    algos.check_data(config.algo.name, config.data.name, objective)
     learner = algos.make(config.algo, models.network(model, config.trainer.precision), objective)
     train_ways, ways = getattr(config.data, "train_ways", None), model.output_dim
     if train_ways not in (None, ways) and not learner.any_ways:

@@ -33,7 +33,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from metarun.config import ConfigError
 from metarun.types import Array, Episode, Objective, Params, PRNGKey
 
 MetaParams = Any
@@ -78,17 +77,6 @@ def drop_head(params: Params, key: PRNGKey = None, episode: Episode | None = Non
     """``init`` for learners that use the model's features only (``Network.embed``)."""
     del key, episode
     return {name: p for name, p in params.items() if name != "head"}
-
-
-def require_classification(name: str, objective: Objective) -> None:
-    """Metric-based and black-box learners compare classes: refuse regression data early."""
-    if objective.metric != "accuracy":
-        raise ConfigError(
-            f"algo={name} is invalid with this data: it classifies, and the dataset is "
-            f"scored by {objective.metric}; use a classification dataset (data=omniglot, "
-            "data=mini_imagenet) or a gradient-based algorithm (maml, fomaml, anil, metasgd, "
-            "reptile)"
-        )
 
 
 def predict_with_adapted(apply_fn: Callable[..., Array]):

@@ -34,9 +34,11 @@ horizon: each segment is differentiated on its own.
 
 Task families:
 
-* ``data=quadratic``: θ is the quadratic's variable, started at its θ_0 (data/quadratic.py
-  folds θ_0 into the targets: δ = θ − θ_0 starts at 0), and f its value: the gradient read and
-  the meta-loss are the same function.
+* tasks that are functions to minimise (``data=quadratic``): θ is the function's variable and
+  f its value, both from the objective's ``optimizee`` (types.Optimizee: θ_0 = ``start``, f(θ)
+  = ``objective.loss(apply(θ, support_x), support_y)``; a quadratic folds its θ_0 into the
+  targets, δ = θ − θ_0 starting at 0, data/quadratic.py): the gradient read and the meta-loss
+  are the same function. The dataset's module is never imported here.
 * any other dataset: the optimizee is the configured model, started from a fixed
   initialisation (the model's parameters at the run's seed, kept in ``meta_params["init"]`` and
   given a zero meta-gradient; ``optim=adamw``'s weight decay still shrinks them) and trained by
@@ -83,8 +85,7 @@ from jax.flatten_util import ravel_pytree
 
 from metarun.algos import algos
 from metarun.algos.base import MetaLearner
-from metarun.data import quadratic
-from metarun.types import Array, Objective, Params, PRNGKey
+from metarun.types import TASKS, Array, Objective, Params, PRNGKey
 
 # ---------------------------------------------------------------- The optimizer ----
 
@@ -236,8 +237,8 @@ def lstm_opt(
       horizon: optimizee steps T, in training and at test.
       unroll: steps per truncated-BPTT segment; ``horizon`` must be a multiple.
       hidden, layers, scale, preprocess_name, p: m and ρ (:func:`lstm_optimizer`).
-      start: ``support_x -> θ_0`` for optimizees whose start comes with the task (quadratics);
-        None: the model's parameters at initialisation, kept fixed.
+      start: ``support_x -> θ_0`` for optimizees whose start comes with the task (an
+        ``objective.optimizee``); None: the model's parameters at initialisation, kept fixed.
     """
     if horizon % unroll:
         raise ValueError(f"horizon={horizon} is not a multiple of unroll={unroll}")
@@ -320,11 +321,12 @@ def lstm_opt(
     return MetaLearner(init=init, adapt=adapt, predict=predict, outer_grad=outer_grad)
 
 
-@algos.register("lstm_opt")
+@algos.register("lstm_opt", tasks=TASKS)
 def from_config(cfg, net, objective: Objective) -> MetaLearner:
     rule = dict(scale=cfg.scale, preprocess_name=cfg.preprocess, p=cfg.p)
     sizes = dict(horizon=cfg.horizon, unroll=cfg.unroll, hidden=cfg.hidden, layers=cfg.layers)
-    if objective is not quadratic.QUADRATIC:
+    f = objective.optimizee
+    if f is None:
         return lstm_opt(net.apply, objective, **sizes, **rule)
-    learner = lstm_opt(quadratic.predict, objective, start=quadratic.start, **sizes, **rule)
-    return learner._replace(bf16=False)  # no network: a quadratic in float32
+    learner = lstm_opt(f.apply, objective, start=f.start, **sizes, **rule)
+    return learner._replace(bf16=False)  # no network: the function in float32
