@@ -17,6 +17,7 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from metarun import algos  # noqa: E402
 from metarun.algos.base import adapt_and_predict  # noqa: E402
@@ -42,6 +43,22 @@ def plot_run(exp, meta_params, history: list[dict], run_dir: Path) -> None:
         plot_episodes(exp.eval_learner, meta_params, steps, run_dir / ADAPTATION, sampler)
 
 
+def _thousands(step: float, _position=None) -> str:
+    """A step count as 500, 10k, 2.5M."""
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(step) >= scale:
+            return f"{step / scale:g}{suffix}"
+    return f"{step:g}"
+
+
+def _step_axis(ax) -> None:
+    """At most 6 ticks at round whole steps (1, 2 or 5 times a power of ten), written 20k: the
+    default puts up to seven five-digit labels under each of two side-by-side panels, where they
+    run into each other, a ×1e6 offset past a million, and fractional steps on a short run."""
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 5, 10], integer=True))
+    ax.xaxis.set_major_formatter(FuncFormatter(_thousands))
+
+
 def plot_learning_curves(history: list[dict], metric: str, path: Path) -> None:
     """Meta-training query loss and, where measured, the validation metric, per step."""
     steps = [r["step"] for r in history]
@@ -52,6 +69,8 @@ def plot_learning_curves(history: list[dict], metric: str, path: Path) -> None:
     if val:
         axes[1].plot([s for s, _ in val], [v for _, v in val], marker="o")
     axes[1].set(xlabel="meta-training step", ylabel=f"validation {metric}")
+    for ax in axes:
+        _step_axis(ax)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
