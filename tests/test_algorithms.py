@@ -4,9 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from metarun.algos import algos, inner_steps, outer_grad
+from metarun.algos import FITS, algos, inner_steps, outer_grad
 from metarun.experiment import build, rng_streams
 from metarun.step import init_state, make_meta_step
+from metarun.types import TASKS
 from tests.helpers import NARROW, flat, task
 
 ALGOS = algos.names()
@@ -44,6 +45,16 @@ def test_every_yaml_is_registered():
     yamls = sorted(p.stem for p in (conf_dir() / "algo").glob("*.yaml"))
     assert yamls == ALGOS
     assert set(GRADIENT_BASED) < set(ALGOS)
+
+
+def test_each_algorithm_declares_the_data_it_learns_from():
+    """The table ``algos.check_data`` reads, the one place where algorithms and datasets meet:
+    the metric-based and black-box learners compare classes, only the learned optimizer
+    descends a function itself, every other learner fits its model to any data."""
+    classifiers = {"mann", "matchingnet", "protonet", "relationnet", "siamese", "snail"}
+    for name in ALGOS:
+        expected = TASKS if name == "lstm_opt" else FITS
+        assert algos.tasks[name] == (("classification",) if name in classifiers else expected)
 
 
 @pytest.mark.parametrize("name", ALGOS)

@@ -1,6 +1,6 @@
 """What the algorithm refuses of a config is refused before Hydra writes the run dir.
 
-``metarun.cli.Preflight`` calls :func:`metarun.train.check` (the learner built from the
+``metarun.cli.Preflight`` calls :func:`metarun.experiment.check` (the learner built from the
 dataset's spec, no data loaded), so a refused command leaves an existing run dir as it was.
 """
 

@@ -200,8 +200,7 @@ def suggest_keys(args: list[str]) -> None:
 
     from omegaconf import OmegaConf
 
-    from metarun.config import compose
-    from metarun.logger import flatten
+    from metarun.config import compose, flatten
 
     overrides = [a.split("=", 1) for a in args if "=" in a and a[0] not in "-+~"]
     choices = [f"{k}={v}" for k, v in overrides if "." not in k and k != "hydra"]

@@ -62,10 +62,12 @@ def check(config: Config) -> None:
 
 def make_learners(config: Config, spec: DataSpec) -> Learners:
     """The model and the meta-training and evaluation learners of ``config``, refusing training
-    ways other than the head's for a learner with a head, and a ``model.bn_mode`` or
-    ``trainer.precision`` that the algorithm cannot honour."""
+    ways other than the head's for a learner with a head, data the algorithm does not learn from
+    (``algos.check_data``), and a ``model.bn_mode`` or ``trainer.precision`` that it cannot
+    honour."""
     model = models.make(config.model, spec.output_dim)
     objective = spec.objective
+    algos.check_data(config.algo.name, config.data.name, objective)
     learner = algos.make(config.algo, models.network(model, config.trainer.precision), objective)
     train_ways, ways = getattr(config.data, "train_ways", None), model.output_dim
     if train_ways not in (None, ways) and not learner.any_ways:

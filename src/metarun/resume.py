@@ -14,8 +14,7 @@ from typing import Any, NoReturn
 import jax
 import numpy as np
 
-from metarun.config import Config, ConfigError, to_dict
-from metarun.logger import flatten
+from metarun.config import Config, ConfigError, flatten, to_dict
 from metarun.rundir import Checkpoints
 
 log = logging.getLogger(__name__)

@@ -191,15 +191,17 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
     # (the last ones when validation is off).
     meta_params = loop.best.params if loop.best.params is not None else state.meta_params
     rundir.save_params(run_dir, meta_params)
+    from metarun.baselines import extra_results  # matplotlib only once a run ends
+    from metarun.plots import plot_run
+
     result = _result(exp, loop, meta_params, validate, mesh, compile_sec)
-    if exp.learner.report is not None:  # results of the learner's own (lstm_opt: baselines, plot)
-        report_dir = run_dir if lead else None
-        result.update(exp.eval_learner.report(meta_params, exp.source, config, report_dir))
+    # Experiments of the run's own (lstm_opt on quadratics: hand-designed baselines, a figure).
+    result.update(extra_results(exp, meta_params, run_dir if lead else None))
     if lead:
         rundir.save_result(run_dir, result)
     _log_result(result, exp)
     if lead:
-        _plot(exp, meta_params, loop.history, run_dir)
+        plot_run(exp, meta_params, loop.history, run_dir)
         tracker.summary(result)  # after the plots, which the trackers upload
     return result
 
@@ -396,17 +398,3 @@ def _meta_test(exp: Experiment, meta_params, mesh) -> dict[str, Any]:
         bn_mode=models.bn_mode(exp.model),
     )
     return result
-
-
-def _plot(exp: Experiment, meta_params, history: list[dict], run_dir: Path) -> None:
-    from metarun.plots import plot_learning_curves
-
-    if history:
-        plot_learning_curves(history, exp.source.objective.metric, run_dir / "learning_curves.png")
-    if exp.source.plot is not None:
-        exp.source.plot(
-            exp.eval_learner,
-            meta_params,
-            algos.eval_steps(exp.eval_learner, exp.config),
-            run_dir / "adaptation.png",
-        )

@@ -37,6 +37,26 @@ class Episode:
     ways: int = dataclasses.field(default=0, metadata=dict(static=True))
 
 
+# What a dataset's tasks are (``Objective.task``), and what an algorithm declares it learns
+# from (``algos.register(name, tasks=...)``); ``algos.check_data`` compares the two.
+TASKS = ("regression", "classification", "minimisation")
+
+
+class Optimizee(NamedTuple):
+    """The "model" of tasks that are functions to minimise rather than data to fit: each
+    episode is a function f(θ) = loss(apply(θ, support_x), support_y), started at
+    θ_0 = start(support_x). Learned optimizers descend f itself (algos/lstm_opt.py), which
+    reaches them this way, without the dataset's module.
+
+    Attributes:
+      apply: ``(θ, x) -> predictions``.
+      start: ``support_x -> θ_0``, where every optimizer starts on the episode's function.
+    """
+
+    apply: Callable[[Params, Array], Array]
+    start: Callable[[Array], Params]
+
+
 class Objective(NamedTuple):
     """How predictions are scored; a property of the data, shared by every algorithm.
 
@@ -45,12 +65,16 @@ class Objective(NamedTuple):
       metrics: ``(predictions, targets) -> dict`` of scalars, always with ``"loss"``.
       metric: name of the headline metric in ``metrics`` (reported in ``result.json``).
       maximize: whether a larger ``metric`` is better (selects the best validation step).
+      task: what the tasks are, one of :data:`TASKS`.
+      optimizee: for ``task="minimisation"``, the function each episode packs; else None.
     """
 
     loss: Callable[[Array, Array], Array]
     metrics: Callable[[Array, Array], dict[str, Array]]
     metric: str
     maximize: bool
+    task: str
+    optimizee: Optimizee | None = None
 
 
 def mse(predictions: Array, targets: Array) -> Array:
@@ -72,8 +96,10 @@ def _classification_metrics(logits: Array, labels: Array) -> dict[str, Array]:
     return {"loss": cross_entropy(logits, labels), "accuracy": accuracy}
 
 
-REGRESSION = Objective(mse, _regression_metrics, metric="mse", maximize=False)
-CLASSIFICATION = Objective(cross_entropy, _classification_metrics, metric="accuracy", maximize=True)
+REGRESSION = Objective(mse, _regression_metrics, "mse", maximize=False, task="regression")
+CLASSIFICATION = Objective(
+    cross_entropy, _classification_metrics, "accuracy", maximize=True, task="classification"
+)
 
 
 class DataSpec(NamedTuple):
@@ -102,10 +128,8 @@ class TaskSource(NamedTuple):
         argument, so a dataset reaches them as a buffer, never as a compiled-in constant.
       objective: how the episodes are scored.
       output_dim: size of the model's output (1 for regression, ``ways`` for classification).
-      plot: optional ``(learner, meta_params, inner_steps, path) -> None`` drawing adaptation.
     """
 
     samplers: dict[str, Callable[[PRNGKey], Episode]]
     objective: Objective
     output_dim: int
-    plot: Callable[..., None] | None = None

@@ -1,7 +1,6 @@
 """The learned optimizer: hand-set SGD weights, preprocessing, coordinatewise sharing, the
-truncated meta-gradient against a hand-built one, the baselines in result.json, bad values."""
+truncated meta-gradient against a hand-built one, bad values (its baselines: test_baselines.py)."""
 
-import json
 import math
 
 import jax
@@ -10,18 +9,9 @@ import numpy as np
 import optax
 import pytest
 
-from metarun.algos.lstm_opt import (
-    BASELINE_LRS,
-    CURVES,
-    init_lstm,
-    lstm_opt,
-    lstm_optimizer,
-    lstm_step,
-    preprocess,
-)
+from metarun.algos.lstm_opt import init_lstm, lstm_opt, lstm_optimizer, lstm_step, preprocess
 from metarun.config import ConfigError, QuadraticConfig
 from metarun.data import quadratic
-from metarun.evaluate import episode_keys
 from metarun.train import train
 from tests.helpers import task
 
@@ -162,36 +152,6 @@ def test_truncated_meta_gradient_equals_the_hand_built_one(x64, unroll):
     if unroll < horizon:  # the truncation is real: full BPTT gives another gradient
         _, full = hand_built(meta_params["lstm"], episodes, horizon, horizon, scale, p)
         assert not np.allclose(grads["lstm"]["layer_0"]["w"], full["layer_0"]["w"], rtol=1e-3)
-
-
-def test_a_short_run_reports_the_baselines_and_plots_them(make_config, tmp_path):
-    config = make_config(
-        "algo=lstm_opt",
-        "data=quadratic",
-        "algo.horizon=10",
-        "algo.unroll=5",
-        "trainer.meta_batch=8",
-        "trainer.val_every=0",
-    )
-    result = train(config, tmp_path)
-    saved = json.loads((tmp_path / "result.json").read_text())
-    assert set(saved["baselines"]) == {"sgd", "adam", "rmsprop"}
-    assert all(np.isfinite(v) for v in saved["baselines"].values())
-    assert all(lr in BASELINE_LRS for lr in saved["baseline_lrs"].values())
-    assert saved["baselines"] == result["baselines"] and saved["metric"] == "loss"
-    assert (tmp_path / CURVES).read_bytes()[:4] == b"\x89PNG"
-    # Adam at its chosen rate, by hand, on the meta-test's quadratics: the reported number.
-    # (Adam is coordinatewise: one run on the stacked tasks is a run per task.)
-    keys = episode_keys(config.eval.seed, "test", config.eval.episodes)
-    episodes = jax.vmap(lambda k: quadratic.episode(k, config.data))(keys)
-    adam = optax.adam(saved["baseline_lrs"]["adam"])
-    theta = jax.vmap(quadratic.start)(episodes.support_x)
-    state = adam.init(theta)
-    for _ in range(config.algo.horizon):
-        updates, state = adam.update(jax.vmap(jax.grad(value))(theta, episodes), state)
-        theta = optax.apply_updates(theta, updates)
-    finals = jax.vmap(value)(theta, episodes)
-    assert saved["baselines"]["adam"] == pytest.approx(float(np.mean(finals)), rel=1e-4)
 
 
 @pytest.mark.parametrize(

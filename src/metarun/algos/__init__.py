@@ -2,13 +2,36 @@
 
 Each module is a few pure functions returning a :class:`~metarun.algos.base.MetaLearner`
 and registers ``from_config(cfg, net, objective)`` under its yaml's name (``net``: the model
-as a :class:`~metarun.models.Network`). Adding an algorithm = one module here + one yaml in
+as a :class:`~metarun.models.Network`), with the kinds of task it learns from (``tasks``, of
+:data:`~metarun.types.TASKS`). Adding an algorithm = one module here + one yaml in
 ``conf/algo/`` (+ its schema in ``config.py`` if it has keys of its own) + tests.
+
+Algorithms know no dataset: what a dataset's tasks are comes in its
+:class:`~metarun.types.Objective`, and :func:`check_data` is the one place where the two meet.
 """
 
+from metarun.config import ConfigError
 from metarun.registry import Registry
+from metarun.types import Objective
 
-algos = Registry("algo")
+# The tasks a learner takes unless it says otherwise: it fits a model to data, whatever the
+# targets.
+FITS = ("regression", "classification")
+
+
+class _Algos(Registry):
+    """The ``algo`` registry; each entry also declares the tasks it learns from."""
+
+    def __init__(self):
+        super().__init__("algo")
+        self.tasks: dict[str, tuple[str, ...]] = {}
+
+    def register(self, name: str, tasks: tuple[str, ...] = FITS):
+        self.tasks[name] = tasks
+        return super().register(name)
+
+
+algos = _Algos()
 
 from metarun.algos import (  # noqa: E402,F401  (register)
     anil,
@@ -25,12 +48,33 @@ from metarun.algos import (  # noqa: E402,F401  (register)
     snail,
 )
 from metarun.algos.base import MetaLearner, outer_grad, outer_loss  # noqa: E402
-from metarun.data import quadratic  # noqa: E402
 
 
 def make(cfg, net, objective) -> MetaLearner:
-    quadratic.require_optimizer(cfg.name, objective)  # data=quadratic: learned optimizers only
     return algos.get(cfg.name)(cfg, net, objective)
+
+
+def check_data(name: str, data: str, objective: Objective) -> None:
+    """Refuse a dataset (``data``, scored by ``objective``) whose tasks the algorithm ``name``
+    does not learn from; ``experiment.make_learners`` calls it before building any learner."""
+    algos.get(name)  # an unknown name fails with the known ones
+    task = objective.task
+    if task in algos.tasks[name]:
+        return
+    if task == "minimisation":
+        allowed = [other for other in algos.names() if task in algos.tasks[other]]
+        raise ConfigError(
+            f"algo={name} is invalid with data={data}: a task is a function to minimise, "
+            "with no model to fit or support set to generalise from; allowed algorithms: "
+            f"{', '.join(allowed)}"
+        )
+    # Otherwise a learner that declares classification only (the metric-based and black-box
+    # ones, which compare classes) on regression data.
+    raise ConfigError(
+        f"algo={name} is invalid with this data: it classifies, and the dataset is scored by "
+        f"{objective.metric}; use a classification dataset (data=omniglot, data=mini_imagenet) "
+        "or a gradient-based algorithm (maml, fomaml, anil, metasgd, reptile)"
+    )
 
 
 def inner_steps(learner: MetaLearner, cfg) -> int:
@@ -45,8 +89,10 @@ def eval_steps(learner: MetaLearner, config) -> int:
 
 
 __all__ = [
+    "FITS",
     "MetaLearner",
     "algos",
+    "check_data",
     "eval_steps",
     "inner_steps",
     "make",

@@ -33,7 +33,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from metarun.config import ConfigError
 from metarun.types import Array, Episode, Objective, Params, PRNGKey
 
 MetaParams = Any
@@ -47,9 +46,6 @@ class MetaLearner(NamedTuple):
       in place of the dataset's (Relation Networks regress scores on one-hot labels);
     * ``any_ways``: whether training episodes may have another number of classes than the
       evaluation ones (``data.train_ways``): true when there is no ``ways``-wide head;
-    * ``report`` (optional): ``(meta_params, source, config, run_dir) -> dict``, called once
-      after the meta-test with the tested meta-parameters: extra keys for ``result.json``
-      (lstm_opt's hand-designed baselines); it may write figures to ``run_dir`` (None: none);
     * ``bn_modes``: the ``model.bn_mode`` values it honours; a learner honours ``support``
       and ``task_norm`` by giving the network the support set as the context of its query
       passes (``net.apply(params, query_x, support_x)``), and ``running`` by keeping its
@@ -67,7 +63,6 @@ class MetaLearner(NamedTuple):
     outer_grad: Callable[[MetaParams, Episode, int, Array], tuple[MetaParams, dict]] | None = None
     loss: Callable[[Array, Array], Array] | None = None
     any_ways: bool = False
-    report: Callable[..., dict] | None = None
     bn_modes: tuple[str, ...] = ("transductive",)
     # Whether trainer.precision=bf16 reaches its computation: False for the learners whose
     # own networks (a controller, a learned optimizer) run in float32 around the model.
@@ -80,17 +75,6 @@ def drop_head(params: Params, key: PRNGKey = None, episode: Episode | None = Non
     """``init`` for learners that use the model's features only (``Network.embed``)."""
     del key, episode
     return {name: p for name, p in params.items() if name != "head"}
-
-
-def require_classification(name: str, objective: Objective) -> None:
-    """Metric-based and black-box learners compare classes: refuse regression data early."""
-    if objective.metric != "accuracy":
-        raise ConfigError(
-            f"algo={name} is invalid with this data: it classifies, and the dataset is "
-            f"scored by {objective.metric}; use a classification dataset (data=omniglot, "
-            "data=mini_imagenet) or a gradient-based algorithm (maml, fomaml, anil, metasgd, "
-            "reptile)"
-        )
 
 
 def predict_with_adapted(apply_fn: Callable[..., Array]):

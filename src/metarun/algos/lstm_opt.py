@@ -34,9 +34,11 @@ horizon: each segment is differentiated on its own.
 
 Task families:
 
-* ``data=quadratic``: θ is the quadratic's variable, started at its θ_0 (data/quadratic.py
-  folds θ_0 into the targets: δ = θ − θ_0 starts at 0), and f its value: the gradient read and
-  the meta-loss are the same function.
+* tasks that are functions to minimise (``data=quadratic``): θ is the function's variable and
+  f its value, both from the objective's ``optimizee`` (types.Optimizee: θ_0 = ``start``, f(θ)
+  = ``objective.loss(apply(θ, support_x), support_y)``; a quadratic folds its θ_0 into the
+  targets, δ = θ − θ_0 starting at 0, data/quadratic.py): the gradient read and the meta-loss
+  are the same function. The dataset's module is never imported here.
 * any other dataset: the optimizee is the configured model, started from a fixed
   initialisation (the model's parameters at the run's seed, kept in ``meta_params["init"]`` and
   given a zero meta-gradient; ``optim=adamw``'s weight decay still shrinks them) and trained by
@@ -52,10 +54,10 @@ Task families:
 
 Evaluation: ``adapt`` runs the learned optimizer for ``algo.horizon`` steps on the support set
 (``eval.inner_steps`` does not apply) and ``predict`` applies the result to the query set; on
-quadratics the headline metric is the final value f(θ_T). :func:`baselines_report` adds the
-final held-out losses of optax's SGD, Adam and RMSProp, each at the best learning rate of
-:data:`BASELINE_LRS` on training quadratics, and their learning curves beside the learned
-optimizer's (``optimizer_curves.png``, the paper's Figure 4 for quadratics).
+quadratics the headline metric is the final value f(θ_T). The hand-designed optimizers it is
+compared with there (SGD, Adam, RMSProp, tuned on training quadratics) are an experiment of
+their own, run by the trainer (metarun/baselines.py), which builds the learned one from
+:func:`lstm_optimizer` and follows it with :func:`trajectory`.
 
 Meta-training metrics: ``loss`` is the meta-loss; the dataset's metrics after the last step,
 with its loss as ``final_loss``.
@@ -74,20 +76,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from functools import partial
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
 from metarun.algos import algos
 from metarun.algos.base import MetaLearner
-from metarun.data import quadratic
-from metarun.types import Array, Objective, Params, PRNGKey
+from metarun.types import TASKS, Array, Objective, Params, PRNGKey
 
 # ---------------------------------------------------------------- The optimizer ----
 
@@ -239,8 +237,8 @@ def lstm_opt(
       horizon: optimizee steps T, in training and at test.
       unroll: steps per truncated-BPTT segment; ``horizon`` must be a multiple.
       hidden, layers, scale, preprocess_name, p: m and ρ (:func:`lstm_optimizer`).
-      start: ``support_x -> θ_0`` for optimizees whose start comes with the task (quadratics);
-        None: the model's parameters at initialisation, kept fixed.
+      start: ``support_x -> θ_0`` for optimizees whose start comes with the task (an
+        ``objective.optimizee``); None: the model's parameters at initialisation, kept fixed.
     """
     if horizon % unroll:
         raise ValueError(f"horizon={horizon} is not a multiple of unroll={unroll}")
@@ -323,125 +321,12 @@ def lstm_opt(
     return MetaLearner(init=init, adapt=adapt, predict=predict, outer_grad=outer_grad)
 
 
-# ------------------------------------------------------- Baselines (quadratics) ----
-
-# Learning rates tried for each hand-designed optimizer: half-decades from 1e-4 to 3.
-BASELINE_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)
-BASELINES = {"sgd": optax.sgd, "adam": optax.adam, "rmsprop": optax.rmsprop}
-TUNING_TASKS = 128  # training quadratics the learning rates are chosen on
-CURVES = "optimizer_curves.png"
-
-
-def quadratic_curves(opt: optax.GradientTransformation, episodes, horizon: int) -> Array:
-    """``[tasks, horizon + 1]``: f(θ_t), t = 0 .. T, of ``opt`` on each packed quadratic."""
-
-    def one(e):
-        def f(theta):
-            return quadratic.QUADRATIC.loss(quadratic.predict(theta, e.support_x), e.support_y)
-
-        theta = quadratic.start(e.support_x)
-        _, losses = trajectory(opt, f, theta, horizon, meta_loss=f)
-        return jnp.concatenate([f(theta)[None], losses])
-
-    return jax.vmap(one)(episodes)
-
-
-@partial(jax.jit, static_argnames=("learned", "horizon"))
-def _curves(meta_params, samplers, keys, learned, horizon: int) -> dict[str, Array]:
-    """One program: the learned optimizer's curves on the test tasks, and each baseline's at
-    every learning rate of :data:`BASELINE_LRS` on the tuning then the test tasks,
-    ``[lrs, tasks, T + 1]``. ``samplers``, ``keys``: (tuning, test) each."""
-    tuning, test = (jax.vmap(sample)(k) for sample, k in zip(samplers, keys, strict=True))
-    both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), tuning, test)
-    lrs = jnp.asarray(BASELINE_LRS, jnp.float32)
-    curves = {"learned": quadratic_curves(learned(meta_params), test, horizon)}
-    for name, make in BASELINES.items():
-        curves[name] = jax.vmap(lambda lr, make=make: quadratic_curves(make(lr), both, horizon))(
-            lrs
-        )
-    return curves
-
-
-def baselines_report(
-    learned: Callable[[Any], optax.GradientTransformation],
-    horizon: int,
-    meta_params,
-    source,
-    config,
-    run_dir: Path | None,
-) -> dict:
-    """SGD, Adam and RMSProp on the meta-test's quadratics, and the learning curves.
-
-    Each baseline's learning rate is the one of :data:`BASELINE_LRS` with the lowest mean final
-    loss on :data:`TUNING_TASKS` training quadratics (drawn from ``eval.seed``, apart from the
-    test ones; a rate that diverges on any of them is out); the baselines then run on the
-    meta-test's quadratics (``eval.seed``, ``eval.episodes``) for the same ``horizon``.
-
-    Returns:
-      ``{"baselines": {name: mean final loss}, "baselines_ci95": {...}, "baseline_lrs": {...}}``;
-      with a ``run_dir``, ``optimizer_curves.png`` there: the mean loss per step (log scale) of
-      the learned optimizer and the three baselines.
-    """
-    from metarun.evaluate import confidence_interval, episode_keys
-
-    eval_cfg = config.eval
-    samplers = (source.samplers["train"], source.samplers["test"])
-    keys = (
-        episode_keys(eval_cfg.seed, "lstm_opt_tuning", TUNING_TASKS),
-        episode_keys(eval_cfg.seed, "test", eval_cfg.episodes),  # the meta-test's tasks
-    )
-    computed = jax.device_get(_curves(meta_params, samplers, keys, learned, horizon))
-    curves = {"learned": computed["learned"]}
-    report = {"baselines": {}, "baselines_ci95": {}, "baseline_lrs": {}}
-    for name in BASELINES:
-        tuned, held_out = computed[name][:, :TUNING_TASKS], computed[name][:, TUNING_TASKS:]
-        final = tuned[:, :, -1].astype(np.float64)  # float64: a diverged rate sums to inf, quietly
-        scores = np.where(np.all(np.isfinite(final), axis=1), np.mean(final, axis=1), np.inf)
-        best = int(np.argmin(scores))
-        curves[name] = held_out[best]
-        mean, ci95 = confidence_interval(curves[name][:, -1])
-        report["baselines"][name] = mean
-        report["baselines_ci95"][name] = ci95
-        report["baseline_lrs"][name] = BASELINE_LRS[best]
-    if run_dir is not None:
-        plot_curves(curves, report["baseline_lrs"], Path(run_dir) / CURVES)
-    return report
-
-
-def plot_curves(curves: dict[str, np.ndarray], lrs: dict[str, float], path: Path) -> None:
-    """Mean loss against optimizee step, log scale (the paper's Figure 4, quadratics)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, values in curves.items():
-        label = "LSTM (learned)" if name == "learned" else f"{name} (lr {lrs[name]:g})"
-        style = "-" if name == "learned" else "--"
-        ax.plot(np.arange(values.shape[1]), values.mean(axis=0), style, label=label)
-    ax.set(
-        xlabel="step",
-        ylabel="mean loss (held-out quadratics)",
-        yscale="log",
-        title="Quadratics: learned optimizer vs hand-designed",
-    )
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-@algos.register("lstm_opt")
+@algos.register("lstm_opt", tasks=TASKS)
 def from_config(cfg, net, objective: Objective) -> MetaLearner:
     rule = dict(scale=cfg.scale, preprocess_name=cfg.preprocess, p=cfg.p)
     sizes = dict(horizon=cfg.horizon, unroll=cfg.unroll, hidden=cfg.hidden, layers=cfg.layers)
-    if objective is not quadratic.QUADRATIC:
+    f = objective.optimizee
+    if f is None:
         return lstm_opt(net.apply, objective, **sizes, **rule)
-    learner = lstm_opt(quadratic.predict, objective, start=quadratic.start, **sizes, **rule)
-    learner = learner._replace(bf16=False)  # no network: a quadratic in float32
-
-    def learned(meta_params) -> optax.GradientTransformation:
-        return lstm_optimizer(meta_params["lstm"], **rule)
-
-    return learner._replace(report=partial(baselines_report, learned, cfg.horizon))
+    learner = lstm_opt(f.apply, objective, start=f.start, **sizes, **rule)
+    return learner._replace(bf16=False)  # no network: the function in float32

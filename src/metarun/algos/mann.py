@@ -68,7 +68,7 @@ import jax
 import jax.numpy as jnp
 
 from metarun.algos import algos
-from metarun.algos.base import MetaLearner, drop_head, require_classification
+from metarun.algos.base import MetaLearner, drop_head
 from metarun.types import Array, Objective, cross_entropy
 
 INSTANCES = (1, 2, 5, 10)  # the presentations reported by instance (the paper adds 3rd, 4th)
@@ -327,9 +327,8 @@ def mann(
     return MetaLearner(init=init, adapt=adapt, predict=predict, outer_grad=outer_grad, bf16=False)
 
 
-@algos.register("mann")
+@algos.register("mann", tasks=("classification",))
 def from_config(cfg, net, objective: Objective) -> MetaLearner:
-    require_classification(cfg.name, objective)
     return mann(
         net.embed,
         controller=cfg.controller,

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from metarun.algos import algos
-from metarun.algos.base import MetaLearner, drop_head, require_classification
+from metarun.algos.base import MetaLearner, drop_head
 from metarun.algos.protonet import cosine_similarities
 from metarun.config import BN_MODES
 from metarun.types import Array, Objective
@@ -122,7 +122,6 @@ def matchingnet(embed, *, fce: bool = False, fce_steps: int = 5) -> MetaLearner:
     )
 
 
-@algos.register("matchingnet")
+@algos.register("matchingnet", tasks=("classification",))
 def from_config(cfg, net, objective: Objective) -> MetaLearner:
-    require_classification(cfg.name, objective)
     return matchingnet(net.embed, fce=cfg.fce, fce_steps=cfg.fce_steps)

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from metarun.algos import algos
-from metarun.algos.base import MetaLearner, drop_head, require_classification
+from metarun.algos.base import MetaLearner, drop_head
 from metarun.config import BN_MODES
 from metarun.types import Array, Objective
 
@@ -74,7 +74,6 @@ def protonet(embed, *, distance: str = "euclidean", cosine_scale: float = 10.0) 
     )
 
 
-@algos.register("protonet")
+@algos.register("protonet", tasks=("classification",))
 def from_config(cfg, net, objective: Objective) -> MetaLearner:
-    require_classification(cfg.name, objective)
     return protonet(net.embed, distance=cfg.distance, cosine_scale=cfg.cosine_scale)

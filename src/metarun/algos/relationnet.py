@@ -48,7 +48,7 @@ import jax.numpy as jnp
 
 from metarun import models
 from metarun.algos import algos
-from metarun.algos.base import MetaLearner, drop_head, require_classification
+from metarun.algos.base import MetaLearner, drop_head
 from metarun.config import ConfigError
 from metarun.models import CONTEXT_MODES
 from metarun.models.conv4 import BatchStatNorm, Conv3x3, max_pool2x2, resolve_conv
@@ -163,9 +163,8 @@ def relationnet(
     )
 
 
-@algos.register("relationnet")
+@algos.register("relationnet", tasks=("classification",))
 def from_config(cfg, net, objective: Objective) -> MetaLearner:
-    require_classification(cfg.name, objective)
     if net.feature_maps is None:
         raise ConfigError(
             f"algo={cfg.name} is invalid with this model: Relation Networks compare feature "

@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 
 from metarun.algos import algos
-from metarun.algos.base import MetaLearner, drop_head, require_classification
+from metarun.algos.base import MetaLearner, drop_head
 from metarun.config import BN_MODES
 from metarun.types import Array, Objective
 
@@ -140,7 +140,6 @@ def siamese(embed) -> MetaLearner:
     )
 
 
-@algos.register("siamese")
+@algos.register("siamese", tasks=("classification",))
 def from_config(cfg, net, objective: Objective) -> MetaLearner:
-    require_classification(cfg.name, objective)
     return siamese(net.embed)

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metarun.algos import algos
-from metarun.algos.base import MetaLearner, drop_head, require_classification
+from metarun.algos.base import MetaLearner, drop_head
 from metarun.algos.mann import set_order
 from metarun.types import Array, Objective
 
@@ -201,8 +201,7 @@ def snail(
     return MetaLearner(init=init, adapt=adapt, predict=predict, bf16=False)
 
 
-@algos.register("snail")
+@algos.register("snail", tasks=("classification",))
 def from_config(cfg, net, objective: Objective) -> MetaLearner:
-    require_classification(cfg.name, objective)
     attention = tuple(zip(cfg.attention_keys, cfg.attention_values, strict=True))
     return snail(net.embed, attention=attention, tc_filters=cfg.tc_filters)

@@ -104,6 +104,7 @@ __all__ = [
     "WandbLoggerConfig",
     "compose",
     "conf_dir",
+    "flatten",
     "register_configs",
     "to_dict",
     "validate",
@@ -173,3 +174,14 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
 
 def to_dict(config: Config) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"algo": {"inner_lr": 0.01}}`` -> ``{"algo.inner_lr": 0.01}``; lists stay leaves."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

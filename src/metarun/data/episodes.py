@@ -154,8 +154,6 @@ def image_task_source(images: dict, cfg) -> TaskSource:
     Raises:
       ConfigError: naming the key, when a split cannot serve the episodes asked for.
     """
-    from metarun.plots import plot_episodes
-
     samplers = {}
     for split, array in images.items():
         train = split == "train"
@@ -184,5 +182,4 @@ def image_task_source(images: dict, cfg) -> TaskSource:
         samplers=samplers,
         objective=CLASSIFICATION,
         output_dim=cfg.ways,
-        plot=functools.partial(plot_episodes, sampler=samplers["test"]),
     )

@@ -2,8 +2,9 @@
 
 A task is a matrix W ∈ R^{d×d} and a vector y ∈ R^d with i.i.d. N(0, 1) entries, and a start
 θ_0 ~ N(0, σ² I) (d = ``data.dimension``, the paper's 10; σ = ``data.init_std``, 0.01 as in the
-authors' code). There is no model to fit, only a function to minimise: the dataset is for
-learned optimizers (``algo=lstm_opt``, :data:`ALGOS`), and ``algos.make`` refuses the others.
+authors' code). There is no model to fit, only a function to minimise: the objective's task is
+``minimisation``, which only learned optimizers declare they take (``algos.check_data`` refuses
+the others), and its ``optimizee`` (:func:`predict`, :func:`start`) is how they reach f.
 
 How a quadratic is packed into an :class:`~metarun.types.Episode`: the start is folded into the
 targets. With δ = θ − θ_0 and b = y − Wθ_0,
@@ -35,12 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metarun.config import ConfigError
 from metarun.data import sources, specs
-from metarun.types import Array, DataSpec, Episode, Objective, PRNGKey, TaskSource
-
-# The learners that can use quadratics: those that optimise a function rather than fit a model.
-ALGOS = ("lstm_opt",)
+from metarun.types import Array, DataSpec, Episode, Objective, Optimizee, PRNGKey, TaskSource
 
 
 def sum_of_squares(predictions: Array, targets: Array) -> Array:
@@ -50,9 +47,6 @@ def sum_of_squares(predictions: Array, targets: Array) -> Array:
 
 def _metrics(predictions: Array, targets: Array) -> dict[str, Array]:
     return {"loss": sum_of_squares(predictions, targets)}
-
-
-QUADRATIC = Objective(sum_of_squares, _metrics, metric="loss", maximize=False)
 
 
 class Quadratic(NamedTuple):
@@ -94,14 +88,14 @@ def start(support_x: Array) -> Array:
     return jnp.zeros((support_x.shape[-1], 1), support_x.dtype)
 
 
-def require_optimizer(name: str, objective: Objective) -> None:
-    """Refuse quadratics to learners that fit a model to data (``algos.make`` calls this)."""
-    if objective is QUADRATIC and name not in ALGOS:
-        raise ConfigError(
-            f"algo={name} is invalid with data=quadratic: a quadratic is a function to "
-            "minimise, with no model to fit or support set to generalise from; allowed "
-            f"algorithms: {', '.join(ALGOS)}"
-        )
+QUADRATIC = Objective(
+    sum_of_squares,
+    _metrics,
+    "loss",
+    maximize=False,
+    task="minimisation",
+    optimizee=Optimizee(predict, start),
+)
 
 
 @specs.register("quadratic")

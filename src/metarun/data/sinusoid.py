@@ -47,39 +47,6 @@ def episode(key: PRNGKey, cfg) -> Episode:
     return Episode(support_x, support_y, query_x, query_y)
 
 
-def plot(learner, meta_params, inner_steps: int, path, cfg, key: PRNGKey | None = None) -> None:
-    """MAML Figure 2: the true curve, the support points, predictions after 0..k steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from metarun.algos.base import adapt_and_predict
-
-    key = jax.random.PRNGKey(0) if key is None else key
-    k_task, k_support = jax.random.split(key)
-    task = sample_task(k_task, cfg)
-    support_x, support_y = sample_points(k_support, task, cfg.shots, cfg)
-    grid = jnp.linspace(cfg.x_min, cfg.x_max, 200)[:, None]
-    steps = sorted({s for s in (0, 1, 5, 10) if s <= inner_steps} | {inner_steps})
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(grid, task(grid), color="black", label="ground truth")
-    for s in steps:
-        pred = adapt_and_predict(learner, meta_params, support_x, support_y, grid, s, 0)
-        style = ":" if s == 0 else "--"
-        label = "pre-update" if s == 0 else f"after {s} step{'s' if s > 1 else ''}"
-        ax.plot(grid, np.asarray(pred), style, label=label)
-    ax.scatter(
-        support_x, support_y, color="red", marker="^", zorder=3, label=f"{cfg.shots} support points"
-    )
-    ax.set(xlabel="x", ylabel="y", title="Sinusoid: adaptation on one test task")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 @specs.register("sinusoid")
 def spec(cfg) -> DataSpec:
     return DataSpec(REGRESSION, output_dim=1, input_shape=(1,), preprocess=_as_points)
@@ -97,5 +64,4 @@ def make(cfg) -> TaskSource:
         samplers={"train": sampler, "val": sampler, "test": sampler},
         objective=REGRESSION,
         output_dim=1,
-        plot=partial(plot, cfg=cfg),
     )

@@ -66,17 +66,6 @@ def make(
     )
 
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"algo": {"inner_lr": 0.01}}`` -> ``{"algo.inner_lr": 0.01}``; lists stay leaves."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def numbers(result: dict[str, Any]) -> dict[str, float]:
     """The numeric entries of a result (``mean``, ``ci95``, ...), for trackers of scalars only."""
     return {
@@ -94,4 +83,4 @@ def plots(run_dir: Path) -> list[Path]:
 from metarun.logger import mlflow, tensorboard, wandb  # noqa: E402,F401  (register)
 from metarun.logger.jsonl import JsonlLogger  # noqa: E402
 
-__all__ = ["JsonlLogger", "Logger", "MultiLogger", "flatten", "loggers", "make"]
+__all__ = ["JsonlLogger", "Logger", "MultiLogger", "loggers", "make"]

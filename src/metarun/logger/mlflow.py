@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from metarun.logger import flatten, loggers, numbers, plots
+from metarun.config import flatten
+from metarun.logger import loggers, numbers, plots
 
 MAX_BATCH = 100  # params per log_batch call (MLflow's limit)
 

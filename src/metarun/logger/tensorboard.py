@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from metarun.logger import flatten, loggers, numbers, plots
+from metarun.config import flatten
+from metarun.logger import loggers, numbers, plots
 
 
 def _hparam(value: Any) -> Any:
