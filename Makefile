@@ -1,4 +1,4 @@
-# README command 1: `make run`; command 2: `make test` (what .ci/run calls).
+# README command 1: `make run`; command 2: `make test` (what .ci/run calls, after `make docs`).
 # Each target creates .venv in the checkout if it is missing.
 PYTHON ?= python3
 VENV := .venv
@@ -9,7 +9,7 @@ LOCK := requirements.lock
 PIP_VERSION := 26.3
 UV_VERSION := 0.13.9
 
-.PHONY: install lock run test test-all lint bench clean
+.PHONY: install lock run test test-all lint bench docs clean
 
 $(BIN)/metarun: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ install: $(BIN)/metarun
 lock:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "uv==$(UV_VERSION)"
-	$(BIN)/uv pip compile -q pyproject.toml --extra dev --python-version 3.11 \
+	$(BIN)/uv pip compile -q pyproject.toml --extra dev --extra docs --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --generate-hashes \
 		--custom-compile-command "make lock" $(LOCK_ARGS) -o $(LOCK)
 
@@ -46,5 +46,10 @@ lint: install
 bench: install
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
+# The site of docs/ (mkdocs.yml) into site/; --strict: a broken link or anchor, or an API page
+# naming a module that is gone, fails the build. `$(BIN)/mkdocs serve` previews it.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) outputs multirun .pytest_cache
+	rm -rf $(VENV) outputs multirun .pytest_cache site

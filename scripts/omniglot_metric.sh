@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's table of the metric-based and black-box learners on Omniglot: 5-way 1-shot,
+# The docs/results.md table of the metric-based and black-box learners on Omniglot: 5-way 1-shot,
 # 5-way 5-shot and 20-way 1-shot, meta-trained on the official minimal split 1 and tested on
 # the alphabets it lacks (600 episodes, 15 queries per class). CPU budgets, each algorithm's
 # preset otherwise (conf/preset/<algo>_omniglot.yaml); the budget of each is on its line.

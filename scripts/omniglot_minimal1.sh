@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's Omniglot table: the gradient-based learners, 5-way 1-shot and 5-shot,
+# The Omniglot table of the gradient-based learners (docs/results.md), 5-way 1-shot and 5-shot,
 # meta-trained on the official minimal split 1 and tested on the alphabets it lacks.
 # A CPU budget (600 meta-steps of 16 tasks, 5 training queries per class) instead of the
 # papers' 60,000 steps of 32; every other setting is conf/preset/<algo>_omniglot.yaml.

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     splits = available(args.root)
     if not splits:
-        raise SystemExit(f"no Omniglot archives in {args.root} (see the README, 'Data')")
+        raise SystemExit(f"no Omniglot archives in {args.root} (see docs/data.md)")
     for split in splits:
         overrides = ["data=omniglot", f"data.root={args.root}", f"data.split={split}"]
         data = validate(compose([*overrides, *args.overrides])).data

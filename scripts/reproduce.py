@@ -24,7 +24,7 @@ Vinyals split; mini-ImageNet), with the paper's BatchNorm mode (the presets pick
 the minimal Omniglot splits (``--split minimal1``) or at a fraction of the budget are not
 like for like with them; the table says which split and budget it ran.
 
-CPU tables of this README (the CPU budgets of ``scripts/omniglot_minimal1.sh`` and
+CPU tables of docs/results.md (the CPU budgets of ``scripts/omniglot_minimal1.sh`` and
 ``scripts/omniglot_metric.sh``, 5-way 1-shot on the minimal split; no published column):
 
 * ``cpu-seeds``: MAML and ProtoNet, each in its paper's BatchNorm mode, over ``--seeds``.
@@ -57,7 +57,7 @@ def _ways_shots(ways: int, shots: int, *extra: str) -> tuple[str, ...]:
     return (f"data.ways={ways}", f"data.shots={shots}", *extra)
 
 
-# The CPU budgets of the README's Omniglot tables (scripts/omniglot_minimal1.sh and
+# The CPU budgets of the Omniglot tables of docs/results.md (scripts/omniglot_minimal1.sh and
 # scripts/omniglot_metric.sh): 600 meta-steps, validation every 200.
 CPU_MAML = ("algo=maml", "data.train_queries=5", "trainer.meta_batch=16", "trainer.steps=600")
 CPU_PROTONET = (
@@ -77,7 +77,7 @@ class Table:
     data: str
     settings: tuple[Setting, ...]
     common: tuple[str, ...] = field(default_factory=tuple)
-    cpu: bool = False  # the README's CPU budgets: --fraction does not apply
+    cpu: bool = False  # docs/results.md's CPU budgets: --fraction does not apply
 
 
 TABLES = {

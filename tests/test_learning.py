@@ -83,7 +83,7 @@ def test_matchingnet_learns_omniglot(make_config, omniglot, tmp_path):
 
 
 # Training budgets below: XLA's FLOP count of the meta-step (cost analysis) over the ~30
-# GFLOP/s that this project's idle 2-core CPU sustains on Conv-4 (README, "Speed"). ProtoNet's
+# GFLOP/s that this project's idle 2-core CPU sustains on Conv-4 (docs/speed.md). ProtoNet's
 # 20-way step is 7.3 GFLOP, about 0.25 s there.
 
 

@@ -52,11 +52,27 @@ def _lock():
     return pins
 
 
+# The optional-dependency groups `make lock` resolves (`--extra dev --extra docs`): the lock, and
+# so `make install`, holds them all.
+LOCKED_EXTRAS = re.findall(r"--extra\s+(\S+)", (ROOT / "Makefile").read_text())
+
+
+def _project():
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
 def _requirements():
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return [
-        Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]
-    ]
+    project = _project()
+    extras = [r for name in LOCKED_EXTRAS for r in project["optional-dependencies"][name]]
+    return [Requirement(r) for r in project["dependencies"] + extras]
+
+
+def test_make_lock_resolves_every_optional_group():
+    groups = _project()["optional-dependencies"]
+    assert sorted(LOCKED_EXTRAS) == sorted(groups), (
+        f"`make lock` resolves the extras {LOCKED_EXTRAS}, pyproject.toml has {sorted(groups)}: "
+        "add `--extra NAME` to the Makefile's lock target, then run `make lock`"
+    )
 
 
 LOCK = _lock()
