@@ -28,14 +28,14 @@ ADAPTATION = "adaptation.png"
 
 
 def plot_run(exp, meta_params, history: list[dict], run_dir: Path) -> None:
-    """The figures of a finished run (``exp``: its ``train.Experiment``), in ``run_dir``:
+    """The figures of a finished run (``exp``: its ``experiment.Experiment``), in ``run_dir``:
     :data:`LEARNING_CURVES` when steps were logged, and :data:`ADAPTATION` for a dataset that
     has one: the sinusoid (:func:`plot_sinusoid`) and the image datasets (classification,
     :func:`plot_episodes`), adapted by the evaluation learner as in the meta-test."""
     config, objective = exp.config, exp.source.objective
     if history:
         plot_learning_curves(history, objective.metric, run_dir / LEARNING_CURVES)
-    steps = algos.eval_steps(config)
+    steps = algos.eval_steps(exp.eval_learner, config)
     if config.data.name == "sinusoid":
         plot_sinusoid(exp.eval_learner, meta_params, steps, run_dir / ADAPTATION, config.data)
     elif objective.task == "classification":
