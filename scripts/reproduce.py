@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from metarun.report import collect, seed_groups
+from metarun.rundir import RESULT
 
 BIN = Path(sys.executable).parent
 
@@ -162,7 +163,7 @@ def run(table: Table, setting: Setting, args: argparse.Namespace, out: Path) -> 
     ]
     for seed in setting.seeds or args.seeds:
         run_dir = out / f"seed{seed}"
-        if not (run_dir / "result.json").exists():
+        if not (run_dir / RESULT).exists():
             seeded = [*command, f"seed={seed}", f"hydra.run.dir={run_dir}"]
             print("+", " ".join(seeded), flush=True)
             subprocess.run(seeded, check=True)

@@ -29,6 +29,18 @@ def test_run_dir_holds_metrics_result_and_plots(make_config, tmp_path):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_without_a_terminal_progress_is_one_log_line_per_logged_step(
+    make_config, tmp_path, capsys, caplog
+):
+    # Under pytest (as under SLURM) stderr is no terminal: no bar's carriage returns.
+    caplog.set_level("INFO", logger="metarun.train")
+    train(make_config("trainer.progress=true"), tmp_path)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert [line.split()[1] for line in lines] == ["10/20", "20/20"]
+    assert "val_mse=" in lines[1] and "steps/s" in lines[0]
+    assert "\r" not in capsys.readouterr().err
+
+
 def test_same_seed_same_numbers_other_seed_other_numbers(make_config, tmp_path):
     a = train(make_config("seed=1"), tmp_path / "a")
     b = train(make_config("seed=1"), tmp_path / "b")

@@ -18,6 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from metarun.config import ConfigError, DataError, conf_dir, register_configs, validate
+from metarun.rundir import STATE_DIR
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class Preflight(Callback):
 
                 check(checked)  # what build() refuses (algorithm vs model, ...), no data loaded
             run_dir = Path(str(config.hydra.run.dir))
-            if checked.trainer.resume == "auto" and (run_dir / "checkpoints").is_dir():
+            if checked.trainer.resume == "auto" and (run_dir / STATE_DIR).is_dir():
                 from metarun.resume import resume_point
 
                 resume_point(run_dir, checked)  # raises if the checkpoint's config differs

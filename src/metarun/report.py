@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from metarun.rundir import CONFIG, RESULT
+
 
 def _natural(path: Path) -> list:
     """Sort job dirs 0, 1, ..., 10 numerically (Hydra numbers a sweep's jobs)."""
@@ -33,13 +35,13 @@ def collect(root: Path) -> list[dict]:
     run finished, its ``result.json``."""
     # A run dir holds the config train() saved (a tracker's copy of result.json, such as
     # MLflow's artifacts, does not) or Hydra's .hydra/ (jobs that failed before training).
-    run_dirs = {p.parent for p in root.rglob("result.json") if (p.parent / "config.yaml").exists()}
+    run_dirs = {p.parent for p in root.rglob(RESULT) if (p.parent / CONFIG).exists()}
     run_dirs |= {p.parent for p in root.rglob(".hydra") if p.is_dir()}
     rows = []
     for run_dir in sorted(run_dirs, key=_natural):
         overrides_path = run_dir / ".hydra" / "overrides.yaml"
         overrides = yaml.safe_load(overrides_path.read_text()) if overrides_path.exists() else []
-        result_path = run_dir / "result.json"
+        result_path = run_dir / RESULT
         finished = result_path.exists()
         rows.append(
             {

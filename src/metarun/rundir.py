@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import orbax.checkpoint as ocp
 from omegaconf import OmegaConf
 
 from metarun.config import Config, ConfigError, register_configs
+
+# orbax takes a second to import: the names and config readers here serve `metarun-report` and
+# the CLI's preflight without it, and each function that writes or reads arrays imports it.
 
 CONFIG = "config.yaml"
 RESULT = "result.json"
@@ -59,12 +61,16 @@ def save_result(run_dir: Path, result: dict[str, Any]) -> None:
 
 def save_params(run_dir: Path, meta_params) -> None:
     """The meta-parameters the meta-test used, as an orbax checkpoint."""
+    import orbax.checkpoint as ocp
+
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save((run_dir / BEST_PARAMS).absolute(), meta_params, force=True)
 
 
 def load_params(run_dir: Path, like):
     """What :func:`save_params` wrote, restored into the shapes and dtypes of ``like``."""
+    import orbax.checkpoint as ocp
+
     with ocp.StandardCheckpointer() as checkpointer:
         return checkpointer.restore((run_dir / BEST_PARAMS).absolute(), like)
 
@@ -84,6 +90,9 @@ class Checkpoints:
     """The run dir's state checkpoints (an orbax ``CheckpointManager``); close it when done."""
 
     def __init__(self, run_dir: Path, keep: int):
+        import orbax.checkpoint as ocp
+
+        self.ocp = ocp
         self.directory = (run_dir / STATE_DIR).absolute()
         self.writing: int | None = None  # the step of the last save, perhaps still being written
         self.manager = ocp.CheckpointManager(
@@ -105,27 +114,31 @@ class Checkpoints:
     def save(self, step: int, state, best_params, loop: dict[str, Any]) -> None:
         """Start writing (the device->host copy happens before this returns, so the caller may
         donate ``state`` at once; the files are written in the background)."""
-        items = {"state": ocp.args.StandardSave(state), "loop": ocp.args.JsonSave(loop)}
+        args = self.ocp.args
+        items = {"state": args.StandardSave(state), "loop": args.JsonSave(loop)}
         if best_params is not None:
-            items["best"] = ocp.args.StandardSave(best_params)
+            items["best"] = args.StandardSave(best_params)
         # orbax would wait for the previous write at the start of this one anyway; waiting here
         # first blames a failed background write on its own step.
         self.wait()
         self.writing = step
         with self._written():
-            self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+            self.manager.save(step, args=args.Composite(**items), force=True)
 
     def loop(self, step: int) -> dict[str, Any]:
         """The ``loop`` item of the checkpoint at ``step``."""
-        return self.manager.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore())).loop
+        args = self.ocp.args
+        return self.manager.restore(step, args=args.Composite(loop=args.JsonRestore())).loop
 
     def arrays(self, step: int, state, best_params) -> tuple[Any, Any]:
         """``(state, best parameters)`` at ``step``, shaped and placed like the given trees;
         ``best_params=None`` when the checkpoint has none."""
-        items = {"state": ocp.args.StandardRestore(_like(state))}
+        args = self.ocp.args
+        like = self.ocp.utils.to_shape_dtype_struct  # shapes, dtypes, shardings: restored into
+        items = {"state": args.StandardRestore(jax.tree.map(like, state))}
         if best_params is not None:
-            items["best"] = ocp.args.StandardRestore(_like(best_params))
-        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+            items["best"] = args.StandardRestore(jax.tree.map(like, best_params))
+        restored = self.manager.restore(step, args=args.Composite(**items))
         return restored.state, restored.best if best_params is not None else None
 
     def wait(self) -> None:
@@ -161,8 +174,3 @@ class Checkpoints:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _like(tree):
-    """Shapes, dtypes and shardings: what orbax restores into."""
-    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)

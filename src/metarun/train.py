@@ -1,9 +1,10 @@
 """The meta-training loop shared by every algorithm, and the final meta-test.
 
-:func:`train` reads top to bottom: place the state and the data on the devices, compile the
-meta-step (:mod:`metarun.step`), run it, fetching metrics only every ``trainer.log_every`` steps
-(:func:`_log_record`) and checkpointing the state and the loop's own (:class:`LoopState`), then
-meta-test the meta-parameters chosen on validation (:func:`_meta_test`) and write the result.
+:func:`train` reads top to bottom: place the state and the data on the devices (:func:`_place`),
+compile the meta-step (:mod:`metarun.step`), run it (:func:`_meta_train`), fetching metrics only
+every ``trainer.log_every`` steps (:func:`_log_record`) and checkpointing the state and the
+loop's own (:class:`LoopState`), then meta-test the meta-parameters chosen on validation
+(:func:`_meta_test`) and write the result.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from metarun import algos, models, rundir
@@ -27,7 +29,8 @@ from metarun.distributed import is_lead
 from metarun.evaluate import EvalResult, episode_keys, evaluate, make_evaluator
 from metarun.experiment import Experiment, build, rng_streams
 from metarun.resume import StopSignals, resume_point
-from metarun.step import compile_meta_step, init_state, replicate, task_mesh
+from metarun.step import TrainState, compile_meta_step, init_state, replicate, task_mesh
+from metarun.types import PRNGKey
 
 log = logging.getLogger(__name__)
 
@@ -110,54 +113,117 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     exp = build(config) if exp is None else exp
-    trainer, maximize = config.trainer, exp.source.objective.maximize
     lead = is_lead()  # in a multi-process run, only process 0 writes files
     resumed = resume_point(run_dir, config)  # before any file is written: it may refuse
     if lead:  # the validated config, for metarun.load (.hydra/ exists only under the CLI)
         rundir.save_config(run_dir, config)
+    run = _place(exp)
+    first = resumed[0] if resumed else 0  # the step training starts after
+    meta_step, compile_sec = None, 0.0  # nothing to compile when no step is left to run
+    if first < config.trainer.steps:
+        meta_step, compile_sec = compile_meta_step(
+            exp, run.state, run.train_key, run.train_sampler, run.mesh
+        )
+        log.info("meta-step compiled in %.1f s for %d device(s)", compile_sec, run.mesh.size)
+    tracker = (
+        loggers.make(config.logger, run_dir, to_dict(config), start_step=first)
+        if lead
+        else loggers.MultiLogger([])
+    )
+    checkpoints = rundir.Checkpoints(run_dir, config.trainer.keep_checkpoints)
+    try:
+        state, loop = run.state, LoopState(Best(exp.source.objective.maximize))
+        if resumed is not None:
+            state, loop = _restore(checkpoints, *resumed, state, loop.best.maximize)
+        state = _meta_train(exp, run, meta_step, state, loop, first, tracker, checkpoints)
+    finally:
+        tracker.close()
+        checkpoints.close()
+
+    # The paper protocol: test the meta-parameters that did best on the validation split
+    # (the last ones when validation is off).
+    meta_params = loop.best.params if loop.best.params is not None else state.meta_params
+    rundir.save_params(run_dir, meta_params)
+    from metarun.baselines import extra_results  # matplotlib only once a run ends
+    from metarun.plots import plot_run
+
+    result = _result(exp, loop, meta_params, run, compile_sec)
+    # Experiments of the run's own (lstm_opt on quadratics: hand-designed baselines, a figure).
+    result.update(extra_results(exp, meta_params, run_dir if lead else None))
+    if lead:
+        rundir.save_result(run_dir, result)
+    _log_result(result, exp)
+    if lead:
+        plot_run(exp, meta_params, loop.history, run_dir)
+        tracker.summary(result)  # after the plots, which the trackers upload
+    return result
+
+
+class _Placed(NamedTuple):
+    """What the loop runs on: the device mesh, and the initial state, the training key and the
+    samplers placed on it."""
+
+    mesh: Mesh
+    state: TrainState
+    train_key: PRNGKey
+    train_sampler: Any
+    validate: Any  # (best, step, meta_params) -> record entries; see _validator
+
+
+def _place(exp: Experiment) -> _Placed:
+    trainer = exp.config.trainer
     # Step s samples its tasks from fold_in(train_key, s), a pure function of config.seed and
     # s: a checkpoint needs only the step to continue the same stream of training tasks.
-    init_key, train_key = rng_streams(config.seed)
+    init_key, train_key = rng_streams(exp.config.seed)
     mesh = task_mesh(trainer.devices, trainer.meta_batch)
     state = replicate(init_state(exp, init_key), mesh)
     # Every input of the compiled step lives on the mesh: the step runs under
     # transfer_guard("disallow"), which refuses even a device-to-device copy of the key.
     train_key, train_sampler = replicate((train_key, exp.source.samplers["train"]), mesh)
     validate = _validator(exp, replicate(exp.source.samplers["val"], mesh))
+    return _Placed(mesh, state, train_key, train_sampler, validate)
 
-    first = resumed[0] if resumed else 0  # the step training starts after
-    meta_step, compile_sec = None, 0.0  # nothing to compile when no step is left to run
-    if first < trainer.steps:
-        meta_step, compile_sec = compile_meta_step(exp, state, train_key, train_sampler, mesh)
-        log.info("meta-step compiled in %.1f s for %d device(s)", compile_sec, mesh.size)
-    tracker = (
-        loggers.make(config.logger, run_dir, to_dict(config), start_step=first)
-        if lead
-        else loggers.MultiLogger([])
-    )
+
+def _restore(checkpoints: rundir.Checkpoints, step: int, saved: dict, state, maximize: bool):
+    """The training state and :class:`LoopState` of the checkpoint at ``step`` (``saved``: its
+    ``loop`` item), placed like ``state``."""
+    like_best = state.meta_params if saved["best_value"] is not None else None
+    state, best_params = checkpoints.arrays(step, state, like_best)
+    log.info("resuming from the checkpoint at step %d in %s", step, checkpoints.directory)
+    return state, LoopState.from_checkpoint(saved, best_params, maximize)
+
+
+def _meta_train(
+    exp: Experiment,
+    run: _Placed,
+    meta_step,
+    state,
+    loop: LoopState,
+    first: int,
+    tracker,
+    checkpoints: rundir.Checkpoints,
+) -> TrainState:
+    """The steps after ``first``: log every ``trainer.log_every``, validate every
+    ``trainer.val_every``, checkpoint every ``trainer.checkpoint_every``, at the end and on a
+    stop signal (then hand the signal over: see :class:`~metarun.resume.StopSignals`)."""
+    config = exp.config
+    trainer = config.trainer
     progress = _Progress(trainer, first, exp.source.objective.metric)
-    checkpoints = rundir.Checkpoints(run_dir, trainer.keep_checkpoints)
-    loop = LoopState(Best(maximize))
+    start = last_time = time.perf_counter()
+    last_step = first
     try:
-        if resumed is not None:
-            like_best = state.meta_params if resumed[1]["best_value"] is not None else None
-            state, best_params = checkpoints.arrays(first, state, like_best)
-            loop = LoopState.from_checkpoint(resumed[1], best_params, maximize)
-            log.info("resuming from the checkpoint at step %d in %s", first, checkpoints.directory)
-        start = last_time = time.perf_counter()
-        last_step = first
         with StopSignals() as stop:
             for step in range(first + 1, trainer.steps + 1):
                 # No host<->device copy may hide in a step: one would stall the pipeline.
                 with jax.transfer_guard("disallow"):
-                    state, metrics = meta_step(state, train_key, train_sampler)
+                    state, metrics = meta_step(state, run.train_key, run.train_sampler)
                 loop.pending.append(metrics)
                 progress.update()
                 if step % trainer.log_every == 0 or step == trainer.steps:
                     record = _log_record(loop, step, trainer, last_step, last_time)
                     last_step = step
                     if trainer.val_every and step % trainer.val_every == 0:
-                        record.update(validate(loop.best, step, state.meta_params))
+                        record.update(run.validate(loop.best, step, state.meta_params))
                     tracker.log(record)
                     loop.history.append(record)
                     progress.show(record)
@@ -181,29 +247,10 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
                         checkpoints.directory / str(step),
                     )
                     stop.forward()
-        loop.train_sec += time.perf_counter() - start
     finally:
         progress.close()
-        tracker.close()
-        checkpoints.close()
-
-    # The paper protocol: test the meta-parameters that did best on the validation split
-    # (the last ones when validation is off).
-    meta_params = loop.best.params if loop.best.params is not None else state.meta_params
-    rundir.save_params(run_dir, meta_params)
-    from metarun.baselines import extra_results  # matplotlib only once a run ends
-    from metarun.plots import plot_run
-
-    result = _result(exp, loop, meta_params, validate, mesh, compile_sec)
-    # Experiments of the run's own (lstm_opt on quadratics: hand-designed baselines, a figure).
-    result.update(extra_results(exp, meta_params, run_dir if lead else None))
-    if lead:
-        rundir.save_result(run_dir, result)
-    _log_result(result, exp)
-    if lead:
-        plot_run(exp, meta_params, loop.history, run_dir)
-        tracker.summary(result)  # after the plots, which the trackers upload
-    return result
+    loop.train_sec += time.perf_counter() - start
+    return state
 
 
 def _validator(exp: Experiment, val_sampler):
@@ -317,17 +364,17 @@ class _Progress:
 # ----------------------------------------------------------- Meta-test ----
 
 
-def _result(exp: Experiment, loop: LoopState, meta_params, validate, mesh, compile_sec: float):
+def _result(exp: Experiment, loop: LoopState, meta_params, run: _Placed, compile_sec: float):
     """``result.json``: the meta-test of ``meta_params``, their validation figure (what a sweep
     optimises, :mod:`metarun.cli`) and the run's facts."""
     config, metric = exp.config, exp.source.objective.metric
-    result = _meta_test(exp, meta_params, mesh)
+    result = _meta_test(exp, meta_params, run.mesh)
     # The best validation figure seen when validation ran, else a pass over the last parameters.
     validated = loop.best.params is not None
     if validated:
         val_mean, val_ci95 = loop.best.value, loop.best.ci95
     else:
-        val = validate(None, config.trainer.steps, meta_params)
+        val = run.validate(None, config.trainer.steps, meta_params)
         val_mean, val_ci95 = val[f"val_{metric}"], val[f"val_{metric}_ci95"]
     result.update(val_mean=val_mean, val_ci95=val_ci95, val_episodes=config.eval.val_episodes)
     history = loop.history

@@ -23,7 +23,7 @@ class TrainerConfig:
     num_processes: int = 1  # with coordinator
     process_id: int = 0  # with coordinator: this process, 0 .. num_processes - 1
     # Checkpoints of the whole training state (parameters, optimizer, validation tracker, logged
-    # metrics) in <run dir>/checkpoints/state/<step>, written atomically by orbax (checkpoint.py).
+    # metrics) in <run dir>/checkpoints/state/<step>, written atomically by orbax (rundir.py).
     checkpoint_every: int = 5000  # steps, a multiple of log_every; 0 = at the end and on signals
     keep_checkpoints: int = 2  # the newest k
     # auto: continue from the run dir's newest checkpoint, if its config computes the same (else
