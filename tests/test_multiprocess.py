@@ -6,9 +6,11 @@ on CPU) and holds one of the run's two devices; together they split every meta-b
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -26,6 +28,11 @@ distributed.initialize(config.trainer)
 result = train(config, Path(run_dir))
 print("RESULT", json.dumps({"mean": result["mean"], "devices": jax.device_count()}))
 """
+
+# metarun's log on stderr (not orbax's, which would fill the pipe), so that the test sees when
+# training has started.
+LOGGED = "import logging; logging.basicConfig()\nlogging.getLogger('metarun').setLevel('INFO')\n"
+LOGGED += SCRIPT
 
 FAST = [
     "trainer.steps=20",
@@ -84,3 +91,44 @@ def test_two_processes_give_the_losses_of_one(tmp_path):
     assert means[0] == pytest.approx(single_mean, rel=1e-4)
     # Process 0 wrote the files: one metrics line per log, not two.
     assert len(losses(tmp_path / "multi")) == 2
+
+
+def test_a_signal_to_one_process_stops_both_within_a_few_steps(tmp_path):
+    """SLURM may signal one task of a job first: the processes agree to stop every
+    resume.AGREE_EVERY steps, with a checkpoint, long before the next logging step."""
+    from metarun.resume import AGREE_EVERY
+    from metarun.rundir import STATE_DIR
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    port = free_port()
+    long = [
+        "trainer.steps=1000000",
+        "trainer.log_every=100000",  # the old rule (stop at a logging step) never stops here
+        "trainer.val_every=0",
+        "trainer.checkpoint_every=0",
+        "trainer.progress=false",
+        "trainer.meta_batch=8",
+        f"trainer.coordinator=127.0.0.1:{port}",
+        "trainer.num_processes=2",
+        "trainer.distributed=on",
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", LOGGED, str(tmp_path), *long, f"trainer.process_id={i}"],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    for line in procs[1].stderr:
+        if "meta-step compiled" in line:
+            break
+    time.sleep(2)  # training
+    procs[1].send_signal(signal.SIGTERM)
+    outputs = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [128 + signal.SIGTERM] * 2, outputs
+    (step,) = [int(p.name) for p in (tmp_path / STATE_DIR).iterdir() if p.name.isdigit()]
+    assert 0 < step < 100000 and step % AGREE_EVERY == 0
+    assert f"stopped after step {step}" in outputs[0]

@@ -4,9 +4,11 @@
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -229,3 +231,74 @@ def test_slurm_launcher_submits_a_job_array(tmp_path):
     ):
         assert line in script.splitlines(), (line, script)
     assert "submitit.core._submit" in script
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (read from /proc: no procps needed)."""
+    found = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat_file.parent.name))
+    return found
+
+
+def test_preemption_checkpoints_requeues_and_the_job_ends_as_one_run(tmp_path):
+    """SLURM's preemption path, with submitit's local executor for the cluster: the job's task
+    gets SIGUSR2 (what SLURM sends before preempting it or at its time limit), the run
+    checkpoints, submitit requeues the job, and the new attempt resumes from the checkpoint; the
+    job ends with the records and result of the same run done in one go."""
+    from metarun.config import compose as compose_run
+    from metarun.train import train
+
+    long = [
+        "model.hidden=[8]",
+        "trainer.steps=40000",  # about 15 s of training here: the signal comes well before
+        "trainer.log_every=1000",
+        "trainer.val_every=10000",
+        "trainer.checkpoint_every=10000",
+        "trainer.progress=false",
+        "eval.episodes=4",
+        "eval.val_episodes=2",
+        "eval.batch=4",
+    ]
+    sweep_dir = tmp_path / "sweep"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    command = [
+        METARUN,
+        "-m",
+        "hydra/launcher=submitit_local",
+        *long,
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    metrics = sweep_dir / "0" / "metrics.jsonl"
+    while not (metrics.exists() and metrics.read_text()):  # training has logged step 1000
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.01)
+    # The job's folder is named by its id, the pid of the process that runs its task.
+    (job_dir,) = [p for p in (sweep_dir / ".submitit").iterdir() if p.name.isdigit()]
+    (task,) = children(int(job_dir.name))
+    os.kill(task, signal.SIGUSR2)
+    assert proc.wait(timeout=300) == 0, proc.communicate()[1]
+    logs = "".join(p.read_text() for p in job_dir.glob("*_log.*"))
+    assert "SIGUSR2: stopping after this step" in logs and "Requeued job" in logs, logs
+    stopped = int(re.search(r"stopped after step (\d+)", logs).group(1))
+    assert f"resuming from the checkpoint at step {stopped}" in logs  # the new attempt's
+
+    reference = train(validate(compose_run(long)), tmp_path / "reference")
+
+    def records(run_dir: Path) -> list[dict]:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if "per_sec" not in k} for line in lines]
+
+    assert records(sweep_dir / "0") == records(tmp_path / "reference")
+    assert [r["step"] for r in records(sweep_dir / "0")] == list(range(1000, 40001, 1000))
+    result = json.loads((sweep_dir / "0" / "result.json").read_text())
+    timing = ("prepare_sec", "compile_sec", "train_sec", "tasks_per_sec")
+    assert {k: v for k, v in result.items() if k not in timing} == {
+        k: v for k, v in reference.items() if k not in timing
+    }

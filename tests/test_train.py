@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from metarun.evaluate import EvalResult, confidence_interval, episode_keys
-from metarun.train import Best, train
+from metarun.train import Best, InFlight, train
 
 
 def test_run_dir_holds_metrics_result_and_plots(make_config, tmp_path):
@@ -39,6 +39,18 @@ def test_without_a_terminal_progress_is_one_log_line_per_logged_step(
     assert [line.split()[1] for line in lines] == ["10/20", "20/20"]
     assert "val_mse=" in lines[1] and "steps/s" in lines[0]
     assert "\r" not in capsys.readouterr().err
+
+
+def test_the_host_waits_for_the_step_max_in_flight_earlier(monkeypatch):
+    # What bounds a stop: the step loop never runs more than `limit` steps ahead of the device.
+    import metarun.train as train_module
+
+    waited = []
+    monkeypatch.setattr(train_module.jax, "block_until_ready", waited.append)
+    in_flight = InFlight(2)
+    for step in range(5):
+        in_flight.add(f"metrics of step {step}")
+    assert waited == ["metrics of step 0", "metrics of step 1", "metrics of step 2"]
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers(make_config, tmp_path):

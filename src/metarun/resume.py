@@ -81,6 +81,12 @@ def check_resumable(saved: dict[str, Any], config: Config, step: int, directory:
         )
 
 
+# Steps between two agreements of a multi-process run on whether to stop: a signal stops it
+# within this many steps (plus those in flight), not at the next logging step (minutes away
+# with log_every=500), for one small all-gather per this many steps.
+AGREE_EVERY = 10
+
+
 class StopSignals:
     """Within ``with``: SIGTERM, SIGINT and submitit's SIGUSR2 ask the loop to stop.
 
@@ -131,12 +137,13 @@ class StopSignals:
                 name,
             )
 
-    def requested(self, at_log_step: bool) -> bool:
-        """Whether to stop after this step. The processes of a multi-process run must stop at
-        the same step (they save together), so they agree at logging steps, which sync anyway."""
+    def requested(self, step: int) -> bool:
+        """Whether to stop after ``step``. The processes of a multi-process run must stop at the
+        same step (they save together), so they agree every :data:`AGREE_EVERY` steps: a flag
+        gathered from each, a few bytes, where every process calls it at the same steps."""
         if jax.process_count() == 1:
             return self.received is not None
-        if not at_log_step:
+        if step % AGREE_EVERY:
             return False
         from jax.experimental import multihost_utils
 
