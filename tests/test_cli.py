@@ -122,6 +122,16 @@ def test_a_misspelt_key_is_named_with_the_closest_one(tmp_path):
     assert "Key 'distanse' not in 'ProtoNetConfig'" in proc.stderr  # Hydra's message
     assert "metarun: unknown key algo.distanse; did you mean algo.distance?" in proc.stderr
     assert "metarun: unknown key data.shotz; did you mean data.shots?" in proc.stderr
+
+
+def test_a_key_the_algorithm_lacks_is_named_with_the_keys_it_has(tmp_path):
+    # Reptile is first-order by construction: it offers no algo.first_order to set.
+    proc = run("algo=reptile", "algo.first_order=false", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert (
+        "metarun: unknown key algo.first_order; algo has algo.name, algo.inner_lr, "
+        "algo.inner_steps" in proc.stderr
+    )
     assert not (tmp_path / "outputs").exists()
 
 

@@ -137,9 +137,11 @@ def test_bad_values_fail_naming_the_key(override, message):
     assert message in str(err.value)
 
 
-def test_reptile_must_be_first_order():
-    with pytest.raises(ConfigError, match="algo.first_order=False is invalid: Reptile"):
-        build(validate(compose(["algo=reptile", "algo.first_order=false"])))
+def test_reptile_has_no_single_valued_keys():
+    # First-order by construction: algo.first_order and algo.remat would have one legal value.
+    with pytest.raises(ConfigCompositionException, match="first_order"):
+        compose(["algo=reptile", "algo.first_order=false"])
+    assert not hasattr(validate(compose(["algo=reptile"])).algo, "remat")
 
 
 def test_per_step_batchnorm_of_first_order_maml_needs_the_multi_step_loss():

@@ -21,8 +21,16 @@ OMNIGLOT = ["data=omniglot", f"data.root={fixtures.OMNIGLOT_DIR}", "data.split=m
     ("overrides", "message"),
     [
         (
-            ["algo=reptile", "algo.first_order=false"],
-            "algo.first_order=False is invalid: Reptile is first-order",
+            ["algo=maml", "algo.per_step_bn=true"],  # sinusoid's MLP has no BatchNorm
+            "algo.per_step_bn=True is invalid with this model",
+        ),
+        (
+            ["algo=maml", "trainer.devices=2"],
+            "trainer.devices=2 is invalid: this run has 1 cpu device(s)",
+        ),
+        (
+            ["algo=reptile", "data=mini_imagenet", "data.root=/nonexistent"],
+            "trainer.steps and trainer.meta_batch are unset for algo=reptile data=mini_imagenet",
         ),
         (
             ["algo=relationnet", *OMNIGLOT, "model=mlp"],
@@ -46,7 +54,9 @@ OMNIGLOT = ["data=omniglot", f"data.root={fixtures.OMNIGLOT_DIR}", "data.split=m
         ),
     ],
     ids=[
-        "reptile-second-order",
+        "per-step-bn-mlp",
+        "devices",
+        "no-budget",
         "relationnet-mlp",
         "train-ways-with-a-head",
         "bn-mode",

@@ -348,3 +348,36 @@ def test_a_full_disk_stops_the_run_and_keeps_the_last_checkpoint(reference, tmp_
         assert checkpoints.latest() == 200
     train(config(), run_dir)  # resumes from step 200
     assert_same(run_dir, reference)
+
+
+def test_an_omniglot_conv4_run_resumes_bit_for_bit(omniglot, tmp_path):
+    """The image path too (Conv-4 and its BatchNorm, episodes sampled on the device, running
+    statistics carried as non-gradient leaves): resumed at step 20 of 40, the same records,
+    result and parameters as in one go."""
+    overrides = [
+        *omniglot,
+        "algo=maml",
+        "model.filters=8",
+        "model.bn_mode=running",
+        "data.queries=2",
+        "trainer.meta_batch=4",
+        "trainer.steps=40",
+        "trainer.log_every=10",
+        "trainer.val_every=20",
+        "trainer.checkpoint_every=20",
+        "trainer.progress=false",
+        "eval.episodes=10",
+        "eval.val_episodes=5",
+        "eval.batch=5",
+    ]
+    reference = tmp_path / "reference"
+    train(validate(compose(overrides)), reference)
+    run_dir = copy_of(reference, tmp_path, drop=(40,))
+    (run_dir / "result.json").unlink()
+    train(validate(compose(overrides)), run_dir)
+    got, want = outcome(run_dir), outcome(reference)
+    assert [r["step"] for r in got["records"]] == [10, 20, 30, 40]
+    assert got["result"] == want["result"] and got["records"] == want["records"]
+    for key in ("best", "final"):
+        for a, b in zip(got[key], want[key], strict=True):
+            np.testing.assert_array_equal(a, b)

@@ -14,14 +14,15 @@ from pathlib import Path
 import pytest
 
 from metarun.config import ConfigError
-from metarun.step import task_mesh
+from metarun.experiment import task_mesh
 
 SCRIPT = """
 import json, sys
 import jax, numpy as np
 from metarun.config import compose, validate
 from metarun.experiment import build, rng_streams
-from metarun.step import compile_meta_step, init_state, replicate, task_mesh
+from metarun.experiment import task_mesh
+from metarun.step import compile_meta_step, init_state, replicate
 
 out = {}
 for devices in ("1", "4"):

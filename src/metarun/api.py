@@ -57,7 +57,7 @@ class Learner:
         steps = algos.eval_steps(self._learner, self.config) if inner_steps is None else inner_steps
         prepare = self.spec.preprocess if raw else np.asarray
         support_x, query_x = prepare(support_x), prepare(query_x)
-        classify = self.spec.objective.metric == "accuracy"
+        classify = self.spec.objective.task == "classification"
         if classify:
             classes, support_y = np.unique(np.asarray(support_y), return_inverse=True)
             if len(classes) != self.spec.output_dim and not self._learner.any_ways:
@@ -78,15 +78,12 @@ class Learner:
 def load(run_dir: str | os.PathLike) -> Learner:
     """The learner a finished ``metarun`` run saved in ``run_dir``."""
     from metarun import rundir  # imports orbax: not on ``import metarun``
-    from metarun.experiment import example_episode, init_meta_params, make_learners
+    from metarun.experiment import make_learners, meta_params_like
 
     run_dir = Path(run_dir)
     rundir.require_finished(run_dir)
     config = rundir.load_config(run_dir)
     spec = data.spec(config.data)
     model, _, learner = make_learners(config, spec)  # the evaluation learner
-    key = jax.random.PRNGKey(0)  # shapes only: nothing is computed
-    like = jax.eval_shape(
-        partial(init_meta_params, model, learner, key, key), example_episode(spec)
-    )
+    like = meta_params_like(model, learner, spec)
     return Learner(config, spec, model, learner, rundir.load_params(run_dir, like))

@@ -17,7 +17,15 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from metarun.config import ConfigError, DataError, conf_dir, register_configs, validate
+from metarun.config import (
+    Config,
+    ConfigError,
+    DataError,
+    TrainerConfig,
+    conf_dir,
+    register_configs,
+    validate,
+)
 from metarun.rundir import STATE_DIR
 
 log = logging.getLogger(__name__)
@@ -36,6 +44,7 @@ def _run(cfg: DictConfig) -> float:
     sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         config = validate(cfg)
+        require_budget(config)
         check_direction(config, HydraConfig.get().sweeper)  # an optuna sweep's, mse vs accuracy
         distributed.initialize(config.trainer)  # before any computation
         exp = build(config)  # factories check what the schema cannot (e.g. Reptile is first-order)
@@ -52,6 +61,23 @@ def _run(cfg: DictConfig) -> float:
         release()
     # Validation, never the test figure (result["mean"]): Optuna selects on what this returns.
     return result["val_mean"]
+
+
+def require_budget(config: Config) -> None:
+    """Refuse a combination that no preset gives a training budget, unless the command sets one:
+    ``conf/trainer/default.yaml``'s (70,000 meta-steps of 25 tasks) is MAML's sinusoid budget,
+    which would otherwise reach, say, Reptile on mini-ImageNet unnoticed."""
+    algo, data, trainer = config.algo.name, config.data.name, config.trainer
+    preset = conf_dir() / "preset" / f"{algo}_{data}.yaml"
+    default = TrainerConfig()
+    unset = trainer.steps == default.steps and trainer.meta_batch == default.meta_batch
+    if data != "sinusoid" and unset and not preset.exists():
+        raise ConfigError(
+            f"trainer.steps and trainer.meta_batch are unset for algo={algo} data={data}: no "
+            f"preset holds its budget (conf/preset/{algo}_{data}.yaml), and the default "
+            f"({default.steps} meta-steps of {default.meta_batch} tasks) is MAML's sinusoid "
+            "budget; set them, e.g. trainer.steps=60000 trainer.meta_batch=4"
+        )
 
 
 def refuse(err: Exception) -> None:
@@ -89,6 +115,7 @@ class Preflight(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         try:
             checked = validate(_task(config))
+            require_budget(checked)
             from metarun import distributed
 
             if not distributed.wanted(checked.trainer.distributed):  # JAX must wait for it
@@ -212,8 +239,12 @@ def suggest_keys(args: list[str]) -> None:
     for key, _ in overrides:
         if "." in key and not key.startswith("hydra.") and key not in known:
             close = get_close_matches(key, known, n=1)
+            group = key.split(".")[0]
             if close:
                 print(f"metarun: unknown key {key}; did you mean {close[0]}?", file=sys.stderr)
+            elif any(k.startswith(f"{group}.") for k in known):  # none close: the group's keys
+                keys = ", ".join(k for k in known if k.startswith(f"{group}."))
+                print(f"metarun: unknown key {key}; {group} has {keys}", file=sys.stderr)
 
 
 if __name__ == "__main__":

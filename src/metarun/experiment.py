@@ -9,12 +9,14 @@ objective, known without loading it), and derive the meta-parameters' structure 
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
 from metarun import algos, data, models, optim
 from metarun.algos.base import MetaLearner
@@ -55,9 +57,13 @@ def build(config: Config) -> Experiment:
 
 
 def check(config: Config) -> None:
-    """Raise the :class:`ConfigError` that :func:`build` would, without loading any data
-    (the dataset's spec gives the shapes): the CLI calls it before Hydra writes the run dir."""
-    make_learners(config, data.spec(config.data))
+    """Raise the :class:`ConfigError` that :func:`build`, the learner's ``init`` or the device
+    mesh would, without loading any data or computing anything (the dataset's spec gives the
+    shapes): the CLI calls it before Hydra writes the run dir."""
+    spec = data.spec(config.data)
+    model, learner, _ = make_learners(config, spec)
+    meta_params_like(model, learner, spec)
+    task_mesh(config.trainer.devices, config.trainer.meta_batch)
 
 
 def make_learners(config: Config, spec: DataSpec) -> Learners:
@@ -105,16 +111,45 @@ def init_meta_params(
     return learner.init(params, learner_key, episode)
 
 
+def meta_params_like(model: nn.Module, learner: MetaLearner, spec: DataSpec) -> Any:
+    """The shapes and dtypes of the meta-parameters (:func:`init_meta_params` traced on
+    :func:`example_episode`): nothing computed, and the learner's ``init`` refusals raised."""
+    key = jax.random.PRNGKey(0)
+    return jax.eval_shape(
+        partial(init_meta_params, model, learner, key, key), example_episode(spec)
+    )
+
+
 def example_episode(spec: DataSpec) -> Episode:
     """An episode of ``spec``'s shapes and dtypes, one example per class: enough for
     :func:`jax.eval_shape` of :func:`init_meta_params` (no data, nothing computed)."""
-    ways = spec.output_dim if spec.objective.metric == "accuracy" else 0
+    ways = spec.output_dim if spec.objective.task == "classification" else 0
     n = max(ways, 1)
     x = jax.ShapeDtypeStruct((n, *spec.input_shape), jnp.float32)
     y = jax.ShapeDtypeStruct(
         (n,) + (() if ways else (spec.output_dim,)), jnp.int32 if ways else jnp.float32
     )
     return Episode(x, y, x, y, ways=ways)
+
+
+def task_mesh(devices: str, meta_batch: int) -> Mesh:
+    """A 1-D mesh over ``trainer.devices`` devices (of every process of a multi-process run);
+    the meta-batch is split along it."""
+    local = jax.devices()
+    n = len(local) if devices == "all" else int(devices)
+    if n > len(local):
+        raise ConfigError(
+            f"trainer.devices={devices} is invalid: this run has {len(local)} "
+            f"{jax.default_backend()} device(s)"
+        )
+    if meta_batch % n:
+        raise ConfigError(
+            f"trainer.meta_batch={meta_batch} is invalid: it must be a multiple of the "
+            f"{n} devices of trainer.devices={devices}"
+        )
+    # Auto axes: XLA propagates the split from the keys to everything computed from them.
+    auto = (jax.sharding.AxisType.Auto,)
+    return jax.make_mesh((n,), ("tasks",), devices=local[:n], axis_types=auto)
 
 
 def rng_streams(seed: int) -> tuple[PRNGKey, PRNGKey]:

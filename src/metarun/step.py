@@ -17,7 +17,6 @@ from jax.sharding import PartitionSpec as P
 
 from metarun import algos, models
 from metarun.algos.base import outer_grad
-from metarun.config import ConfigError
 from metarun.experiment import Experiment, init_meta_params
 from metarun.models.conv4 import RUNNING_MOMENTUM
 from metarun.types import PRNGKey
@@ -38,26 +37,6 @@ def init_state(exp: Experiment, key: PRNGKey) -> TrainState:
 
     # One program: run op by op, the initialisers compile dozens of tiny programs (seconds).
     return jax.jit(init)(key)
-
-
-def task_mesh(devices: str, meta_batch: int) -> Mesh:
-    """A 1-D mesh over ``trainer.devices`` devices (of every process of a multi-process run);
-    the meta-batch is split along it."""
-    local = jax.devices()
-    n = len(local) if devices == "all" else int(devices)
-    if n > len(local):
-        raise ConfigError(
-            f"trainer.devices={devices} is invalid: this run has {len(local)} "
-            f"{jax.default_backend()} device(s)"
-        )
-    if meta_batch % n:
-        raise ConfigError(
-            f"trainer.meta_batch={meta_batch} is invalid: it must be a multiple of the "
-            f"{n} devices of trainer.devices={devices}"
-        )
-    # Auto axes: XLA propagates the split from the keys to everything computed from them.
-    auto = (jax.sharding.AxisType.Auto,)
-    return jax.make_mesh((n,), ("tasks",), devices=local[:n], axis_types=auto)
 
 
 def replicate(tree, mesh: Mesh):

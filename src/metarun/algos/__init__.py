@@ -4,7 +4,7 @@ Each module is a few pure functions returning a :class:`~metarun.algos.base.Meta
 and registers ``from_config(cfg, net, objective)`` under its yaml's name (``net``: the model
 as a :class:`~metarun.models.Network`), with the kinds of task it learns from (``tasks``, of
 :data:`~metarun.types.TASKS`). Adding an algorithm = one module here + one yaml in
-``conf/algo/`` (+ its schema in ``config.py`` if it has keys of its own) + tests.
+``conf/algo/`` (+ its schema in ``config/algo.py`` if it has keys of its own) + tests.
 
 Algorithms know no dataset: what a dataset's tasks are comes in its
 :class:`~metarun.types.Objective`, and :func:`check_data` is the one place where the two meet.

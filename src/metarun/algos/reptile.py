@@ -37,7 +37,6 @@ import jax.numpy as jnp
 from metarun.algos import algos
 from metarun.algos.base import MetaLearner
 from metarun.algos.maml import maml
-from metarun.config import ConfigError
 from metarun.types import Episode, Objective
 
 
@@ -81,9 +80,4 @@ def reptile(apply_fn, objective: Objective, *, inner_lr: float) -> MetaLearner:
 
 @algos.register("reptile")
 def from_config(cfg, net, objective: Objective) -> MetaLearner:
-    if not cfg.first_order:
-        raise ConfigError(
-            "algo.first_order=False is invalid: Reptile is first-order by "
-            "construction (it never differentiates through the inner loop)"
-        )
     return reptile(net.apply, objective, inner_lr=cfg.inner_lr)

@@ -10,26 +10,36 @@ from metarun.config.errors import _check, _check_choice
 
 
 @dataclass
-class AlgoConfig:
-    """Gradient-based meta-learners (MAML family, Reptile): the schema of each algorithm's yaml
-    is registered under its name, ``schema/algo/<name>``."""
+class InnerLoopConfig:
+    """What every gradient-based learner has; Reptile's whole schema (it is first-order by
+    construction and keeps nothing to recompute, so ``first_order`` and ``remat`` are not its)."""
 
     name: str = MISSING
     inner_lr: float = 0.01  # α in θ' = θ − α ∇θ L_support(θ); Meta-SGD's initial value
     inner_steps: int = 1  # inner-loop steps during meta-training (0 = no adaptation)
+
+    def __post_init__(self) -> None:
+        _check(self.inner_lr > 0, "algo.inner_lr", self.inner_lr, "must be > 0, e.g. 0.01")
+        _check(self.inner_steps >= 0, "algo.inner_steps", self.inner_steps, "must be >= 0")
+
+
+@dataclass
+class AlgoConfig(InnerLoopConfig):
+    """The MAML family (MAML, FOMAML, ANIL, Meta-SGD): the schema of each algorithm's yaml is
+    registered under its name, ``schema/algo/<name>``."""
+
     first_order: bool = False  # drop second-order terms (stop_gradient on inner gradients)
     # Recompute each inner step on the backward pass (jax.checkpoint): memory of long loops.
     remat: bool = False
 
     def __post_init__(self) -> None:
-        _check(self.inner_lr > 0, "algo.inner_lr", self.inner_lr, "must be > 0, e.g. 0.01")
-        _check(self.inner_steps >= 0, "algo.inner_steps", self.inner_steps, "must be >= 0")
+        super().__post_init__()
         _check(
             not (self.remat and self.first_order),
             "algo.remat",
             self.remat,
             "recomputes the second-order inner loop; a first-order one (algo.first_order=true, "
-            "fomaml, reptile) keeps nothing to recompute",
+            "fomaml) keeps nothing to recompute",
         )
 
 
@@ -260,7 +270,8 @@ class LSTMOptConfig:
 SCHEMAS = {
     "maml": MAMLConfig,
     "fomaml": MAMLConfig,
-    **{name: AlgoConfig for name in ("anil", "metasgd", "reptile")},
+    **{name: AlgoConfig for name in ("anil", "metasgd")},
+    "reptile": InnerLoopConfig,
     "protonet": ProtoNetConfig,
     "matchingnet": MatchingNetConfig,
     "relationnet": RelationNetConfig,
