@@ -1,6 +1,6 @@
 """Seconds from a stop signal to a complete checkpoint, for the Omniglot Conv-4 workloads.
 
-    python scripts/stop_latency.py --omniglot ../shared/data/omniglot [--signal TERM]
+    python scripts/stop_latency.py --omniglot ../shared/data/omniglot [--split minimal1]
 
 Each workload runs as ``metarun`` would under SLURM (a subprocess, its preset, a long budget).
 Once it has trained for ``--train-sec`` seconds, it gets the signal; the time to the process's
@@ -33,18 +33,19 @@ LONG = [
     "trainer.log_every=20",
     "trainer.val_every=0",
     "trainer.checkpoint_every=0",
-    "trainer.progress=false",
+    "trainer.progress=true",  # no terminal: one log line per log_every, with steps/s
     "logger=[jsonl]",
 ]
 
 
-def measure(name: str, omniglot: Path, signum: int, train_sec: float) -> dict:
+def measure(name: str, omniglot: Path, split: str, signum: int, train_sec: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
         command = [
             Path(sys.executable).with_name("metarun"),
             *WORKLOADS[name],
             f"data.root={omniglot.resolve()}",
+            f"data.split={split}",
             f"data.cache_dir={Path(tmp) / 'cache'}",
             *LONG,
             f"hydra.run.dir={run_dir}",
@@ -80,13 +81,16 @@ def measure(name: str, omniglot: Path, signum: int, train_sec: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--omniglot", type=Path, default=Path("../shared/data/omniglot"))
+    parser.add_argument("--split", default="minimal1", help="data.split (the archives at hand)")
     parser.add_argument("--signal", default="TERM", choices=["TERM", "USR2", "INT"])
     parser.add_argument("--train-sec", type=float, default=5.0)
     parser.add_argument("--workloads", nargs="*", default=list(WORKLOADS))
     args = parser.parse_args()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     signum = getattr(signal, f"SIG{args.signal}")
-    rows = [measure(name, args.omniglot, signum, args.train_sec) for name in args.workloads]
+    rows = [
+        measure(name, args.omniglot, args.split, signum, args.train_sec) for name in args.workloads
+    ]
     keys = list(rows[0])
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))

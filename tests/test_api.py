@@ -104,7 +104,14 @@ def test_a_folder_that_is_not_a_run_is_named(tmp_path):
         metarun.load(tmp_path)
 
 
-CLASSIFIERS = ["protonet", "matchingnet", "relationnet", "siamese", "mann", "snail"]
+# make test loads one metric-based and one black-box learner; make test-all every one
+# (each is 25 s of Conv-4 compiles).
+CLASSIFIERS = [
+    "protonet",
+    "mann",
+    *(pytest.param(name, marks=pytest.mark.extended) for name in ("matchingnet", "relationnet")),
+    *(pytest.param(name, marks=pytest.mark.extended) for name in ("siamese", "snail")),
+]
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)

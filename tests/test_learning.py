@@ -19,6 +19,7 @@ def test_maml_adapts_and_beats_the_pretrained_baseline(make_config, tmp_path):
     assert maml["mean"] < 0.5 * pretrained["mean"], (maml["mean"], pretrained["mean"])
 
 
+@pytest.mark.extended  # 2 minutes of CPU; make test keeps ProtoNet's Omniglot learning test
 def test_maml_learns_omniglot_5way_1shot_on_held_out_alphabets(make_config, tmp_path):
     """The image-data issue's bar: >= 80% on minimal2's own alphabets after training on minimal1.
 

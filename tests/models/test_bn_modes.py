@@ -183,6 +183,7 @@ def test_running_averages_move_in_meta_training_only_and_serve_evaluation(omnigl
         np.testing.assert_array_equal(value, after[path])  # evaluating changed nothing
 
 
+@pytest.mark.extended  # 90 s of Conv-4 compiles; the modes' own tests run in make test
 def test_result_records_the_mode_and_transductive_numbers_are_unchanged(omniglot, tmp_path):
     """The numbers of this short run before the modes existed (commit 5d0706b), same seed:
     the default mode computes what metarun always computed."""
