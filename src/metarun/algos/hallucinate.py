@@ -157,6 +157,7 @@ def augment(
     """
     if m == 0:
         return features, labels
+    labels = jnp.asarray(labels)
     d = features.shape[-1]
     inputs, width = params["Dense_0"]["kernel"].shape  # G's sizes, from its parameters
     x = features[seeds(labels, ways, m)]
