@@ -29,6 +29,9 @@ CPU tables of docs/results.md (the CPU budgets of ``scripts/omniglot_minimal1.sh
 
 * ``cpu-seeds``: MAML and ProtoNet, each in its paper's BatchNorm mode, over ``--seeds``.
 * ``cpu-bn-modes``: MAML and ProtoNet × the four ``model.bn_mode`` values, seed 0.
+* ``cpu-hallucinate``: ProtoNet without and with ``algo.hallucinate=2`` (Wang et al. 2018) at
+  5-way 1-shot, 5-way 5-shot and 20-way 1-shot, on ``cpu-seeds``' ProtoNet budget and
+  seeds (its 5-way 1-shot run is that table's, shared).
 """
 
 from __future__ import annotations
@@ -71,6 +74,23 @@ CPU_PROTONET = (
 CPU_LOGGING = ("trainer.log_every=100", "trainer.val_every=200")
 MODES = ("transductive", "support", "task_norm", "running")
 PAPER_MODE = {"maml": "transductive", "protonet": "running"}  # conf/preset/*_omniglot.yaml
+HALLUCINATE = "algo.hallucinate=2"  # imagined support examples per class
+
+
+def _hallucination_settings() -> tuple[Setting, ...]:
+    """ProtoNet on its CPU budget without and with hallucination; the 5-way 1-shot run
+    without is ``cpu-seeds``' (same name, same command)."""
+    settings = []
+    for ways, shots in ((5, 1), (5, 5), (20, 1)):
+        shape = () if (ways, shots) == (5, 1) else _ways_shots(ways, shots)
+        suffix = "" if not shape else f", {ways}-way {shots}-shot"
+        name = f"protonet, {PAPER_MODE['protonet']}"
+        settings.append(Setting(name + suffix, (*CPU_PROTONET, *shape)))
+        hallucinating = (
+            f"protonet, hallucinate {HALLUCINATE.split('=')[1]}, {PAPER_MODE['protonet']}"
+        )
+        settings.append(Setting(hallucinating + suffix, (*CPU_PROTONET, *shape, HALLUCINATE)))
+    return tuple(settings)
 
 
 @dataclass(frozen=True)
@@ -137,6 +157,7 @@ TABLES = {
         CPU_LOGGING,
         cpu=True,
     ),
+    "cpu-hallucinate": Table("omniglot", _hallucination_settings(), CPU_LOGGING, cpu=True),
 }
 
 

@@ -22,6 +22,13 @@ IMAGES = [
     "model.filters=8",
     "trainer.meta_batch=8",
 ]
+# Options that change what a learner meta-learns run the shared tests of the meta-step too:
+# every algorithm as configured, then each variant (name, its overrides).
+VARIANTS = [
+    pytest.param("protonet", ["algo.hallucinate=2"], id="protonet-hallucinate"),
+    pytest.param("matchingnet", ["algo.hallucinate=2"], id="matchingnet-hallucinate"),
+]
+ALGOS_AND_VARIANTS = [pytest.param(name, [], id=name) for name in ALGOS] + VARIANTS
 
 
 @pytest.fixture
@@ -57,10 +64,10 @@ def test_each_algorithm_declares_the_data_it_learns_from():
         assert algos.tasks[name] == (("classification",) if name in classifiers else expected)
 
 
-@pytest.mark.parametrize("name", ALGOS)
-def test_vmapped_meta_batch_equals_python_loop(config_for, name):
+@pytest.mark.parametrize("name, variant", ALGOS_AND_VARIANTS)
+def test_vmapped_meta_batch_equals_python_loop(config_for, name, variant):
     steps = ["algo.inner_steps=2"] if name in GRADIENT_BASED else []
-    exp = build(config_for(name, *steps))
+    exp = build(config_for(name, *steps, *variant))
     state = init_state(exp, jax.random.PRNGKey(0))
     episodes = jax.vmap(exp.source.samplers["train"])(jax.random.split(jax.random.PRNGKey(1), 6))
     grad_fn = jax.jit(
@@ -79,9 +86,9 @@ def test_vmapped_meta_batch_equals_python_loop(config_for, name):
     np.testing.assert_allclose(metrics["loss"], np.mean([m["loss"] for _, m in looped]), rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ALGOS)
-def test_meta_step_compiles_once_and_lowers_the_loss(config_for, name):
-    exp = build(config_for(name, "optim.lr=0.003"))
+@pytest.mark.parametrize("name, variant", ALGOS_AND_VARIANTS)
+def test_meta_step_compiles_once_and_lowers_the_loss(config_for, name, variant):
+    exp = build(config_for(name, "optim.lr=0.003", *variant))
     init_key, train_key = rng_streams(0)
     state = init_state(exp, init_key)
     step, sample = jax.jit(make_meta_step(exp)), exp.source.samplers["train"]

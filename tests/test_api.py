@@ -137,6 +137,32 @@ def test_every_classifier_loads_and_reproduces_its_evaluation(
     np.testing.assert_allclose(ours, reported, atol=1e-6)
 
 
+@pytest.mark.slow  # 40 s here, as the classifiers above: data, two Conv-4 compiles
+def test_a_hallucinating_protonet_trains_loads_and_reproduces_its_evaluation(
+    make_config, omniglot, tmp_path
+):
+    """algo.hallucinate: G in the checkpoint, running-average BatchNorm (the Omniglot preset)
+    moved by a few steps, and predict imagining from raw images the examples the evaluator
+    imagined (the noise is keyed by the support set's bits)."""
+    config = make_config(
+        "algo=protonet",
+        "algo.hallucinate=2",
+        *omniglot,
+        "data.train_ways=null",
+        "data.queries=3",
+        "model.filters=8",
+        "trainer.steps=3",
+        "trainer.val_every=0",
+        "eval.episodes=3",
+        "eval.batch=3",
+    )
+    train(config, tmp_path)
+    learner = metarun.load(tmp_path)
+    assert set(learner.meta_params) == {"encoder", "hallucinator"}
+    ours, reported = predicted_and_reported(learner, inner_steps=0)
+    np.testing.assert_allclose(ours, reported, atol=1e-6)
+
+
 @pytest.mark.slow
 @pytest.mark.extended  # 30 s of Conv-4 compiles; CI runs the switches on sinusoid
 def test_maml_plus_plus_trains_loads_and_reproduces_its_evaluation(make_config, omniglot, tmp_path):

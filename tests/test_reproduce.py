@@ -54,3 +54,16 @@ def test_paper_tables_carry_the_published_figures():
     ]
     with pytest.raises(SystemExit):
         reproduce.main(["no-such-table"])
+
+
+def test_the_hallucination_table_pairs_protonet_with_and_without_on_the_cpu_budget():
+    settings = reproduce.TABLES["cpu-hallucinate"].settings
+    assert settings[0] == reproduce.TABLES["cpu-seeds"].settings[1]  # one run for both tables
+    for plain, hallucinating in zip(settings[::2], settings[1::2], strict=True):
+        assert hallucinating.overrides == (*plain.overrides, reproduce.HALLUCINATE)
+        assert plain.overrides[: len(reproduce.CPU_PROTONET)] == reproduce.CPU_PROTONET
+        assert "=" not in hallucinating.name  # a run dir's name, in a Hydra override
+    assert [s.overrides[len(reproduce.CPU_PROTONET) :] for s in settings[2::2]] == [
+        ("data.ways=5", "data.shots=5"),
+        ("data.ways=20", "data.shots=1"),
+    ]

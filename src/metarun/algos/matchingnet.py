@@ -17,6 +17,12 @@ Full context embeddings (``fce=true``, §2.1.2 and Appendix A) make both depend 
       r_k = Σ_i softmax_i(h_k · g(x_i)) g(x_i)
   and f = h_K.
 
+``hallucinate=M`` (Wang et al. 2018, ``algos/hallucinate.py``) appends M examples per class,
+imagined by a hallucinator G from the support embeddings g', to the attention memory: the
+support set S becomes S ∪ {(G([g'(x_kj), z_kj]), k)}, real examples first, then the imagined
+ones class by class. With ``fce`` the BiLSTM reads that augmented sequence, so g(·, S) and
+f(·, S) see the imagined examples too.
+
 Differences from the paper: the attention readout r_{k−1} enters the LSTM with its input
 (the paper concatenates it to the hidden state, making the state twice as wide as its
 output), as the open reimplementations do; the encoder is the configured model's
@@ -34,6 +40,7 @@ import jax.numpy as jnp
 
 from metarun.algos import algos
 from metarun.algos.base import MetaLearner, drop_head
+from metarun.algos.hallucinate import augment_episode, init_like, options
 from metarun.algos.protonet import cosine_similarities
 from metarun.config import BN_MODES
 from metarun.types import Array, Objective
@@ -78,10 +85,20 @@ def attention_log_probs(queries: Array, support: Array, support_onehot: Array) -
     return jax.nn.logsumexp(log_attention[:, None, :], axis=-1, b=support_onehot.T[None])
 
 
-def matchingnet(embed, *, fce: bool = False, fce_steps: int = 5) -> MetaLearner:
+def matchingnet(
+    embed,
+    *,
+    fce: bool = False,
+    fce_steps: int = 5,
+    hallucinate: int = 0,
+    hallucinator_width: int | None = None,
+    noise_dim: int = 16,
+) -> MetaLearner:
     """Matching Networks over an encoder ``embed(params, x) -> [n, d]``.
 
-    Meta-parameters: ``{"encoder": φ}``, plus ``"fce"``, the two LSTMs, when ``fce``.
+    Meta-parameters: ``{"encoder": φ}``, plus ``"fce"``, the three LSTMs, when ``fce``, and
+    ``"hallucinator"``, G, when ``hallucinate`` (M imagined examples per class) is > 0;
+    ``hallucinator_width`` (None: the feature width) and ``noise_dim`` size G.
     """
 
     def context(features: int) -> FullContextEmbedding:
@@ -89,14 +106,28 @@ def matchingnet(embed, *, fce: bool = False, fce_steps: int = 5) -> MetaLearner:
 
     def init(params, key, episode):
         encoder = drop_head(params)
-        if not fce:
-            return {"encoder": encoder}
-        g = embed(encoder, episode.support_x)
-        return {"encoder": encoder, "fce": context(g.shape[-1]).init(key, g, g)["params"]}
+        meta_params = {"encoder": encoder}
+        if fce:
+            g = embed(encoder, episode.support_x)
+            meta_params["fce"] = context(g.shape[-1]).init(key, g, g)["params"]
+        if hallucinate:
+            meta_params["hallucinator"] = init_like(
+                embed,
+                encoder,
+                episode.support_x,
+                hallucinator_width,
+                noise_dim,
+                key,
+            )
+        return meta_params
 
     def adapt(meta_params, support_x, support_y, num_steps, ways):
         del num_steps  # no inner loop: the embedded support set is the adaptation
         g = embed(meta_params["encoder"], support_x)
+        if hallucinate:
+            g, support_y = augment_episode(
+                meta_params["hallucinator"], g, support_x, support_y, ways, hallucinate
+            )
         if fce:
             g = context(g.shape[-1]).apply(
                 {"params": meta_params["fce"]}, g, method=FullContextEmbedding.support
@@ -124,4 +155,4 @@ def matchingnet(embed, *, fce: bool = False, fce_steps: int = 5) -> MetaLearner:
 
 @algos.register("matchingnet", tasks=("classification",))
 def from_config(cfg, net, objective: Objective) -> MetaLearner:
-    return matchingnet(net.embed, fce=cfg.fce, fce_steps=cfg.fce_steps)
+    return matchingnet(net.embed, fce=cfg.fce, fce_steps=cfg.fce_steps, **options(cfg))

@@ -8,6 +8,14 @@ is computing its prototypes, one forward pass over the support set. The number o
 only shapes the prototypes, so training may use more ways than testing (the paper trains
 Omniglot 60-way, ``data.train_ways``).
 
+``hallucinate=M`` (Wang et al. 2018, ``algos/hallucinate.py``) computes the prototypes from
+the support set and M examples per class imagined by a hallucinator G, meta-learned with φ:
+
+    c_k = mean of {f_φ(x) : (x, y) ∈ S, y = k} ∪ {G([f_φ(x_kj), z_kj]) : j = 1..M}
+
+The meta-parameters are then ``{"encoder": φ, "hallucinator": G}``; with M = 0 (the default)
+they are φ alone, as without the option.
+
 ``distance=cosine`` scores ``cosine_scale · cos(f_φ(x̂), c_k)`` instead, the variant of
 Chen et al. 2019 ("A Closer Look at Few-shot Classification", Baseline++); the scale keeps
 the softmax from being too flat (cosines lie in [−1, 1]).
@@ -27,6 +35,7 @@ import jax.numpy as jnp
 
 from metarun.algos import algos
 from metarun.algos.base import MetaLearner, drop_head
+from metarun.algos.hallucinate import augment_episode, init_like, options
 from metarun.config import BN_MODES
 from metarun.types import Array, Objective
 
@@ -50,30 +59,67 @@ def cosine_similarities(a: Array, b: Array, eps: float = 1e-8) -> Array:
     return a @ b.T
 
 
-def protonet(embed, *, distance: str = "euclidean", cosine_scale: float = 10.0) -> MetaLearner:
+def protonet(
+    embed,
+    *,
+    distance: str = "euclidean",
+    cosine_scale: float = 10.0,
+    hallucinate: int = 0,
+    hallucinator_width: int | None = None,
+    noise_dim: int = 16,
+) -> MetaLearner:
     """Prototypical Networks over an encoder ``embed(params, x) -> [n, d]``.
 
     Args:
       embed: the encoder f_φ.
       distance: ``euclidean`` (squared, the paper) or ``cosine``.
       cosine_scale: multiplies the cosines when ``distance="cosine"``.
+      hallucinate: M, imagined support examples per class (0: none, meta-parameters φ).
+      hallucinator_width: G's hidden width (None: the feature width).
+      noise_dim: the width of G's noise input.
     """
+    imagine = hallucinate > 0
 
-    def adapt(params, support_x, support_y, num_steps, ways):
+    def encoder(meta_params):
+        return meta_params["encoder"] if imagine else meta_params
+
+    def init(params, key, episode):
+        params = drop_head(params)
+        if not imagine:
+            return params
+        g = init_like(embed, params, episode.support_x, hallucinator_width, noise_dim, key)
+        return {"encoder": params, "hallucinator": g}
+
+    def adapt(meta_params, support_x, support_y, num_steps, ways):
         del num_steps  # no inner loop: the prototypes are the adaptation
-        return class_means(embed(params, support_x), support_y, ways)
+        features = embed(encoder(meta_params), support_x)
+        if imagine:
+            features, support_y = augment_episode(
+                meta_params["hallucinator"], features, support_x, support_y, ways, hallucinate
+            )
+        return class_means(features, support_y, ways)
 
-    def predict(params, prototypes, query_x, support_x=None):
-        queries = embed(params, query_x, support_x)
+    def predict(meta_params, prototypes, query_x, support_x=None):
+        queries = embed(encoder(meta_params), query_x, support_x)
         if distance == "cosine":
             return cosine_scale * cosine_similarities(queries, prototypes)
         return -squared_distances(queries, prototypes)
 
     return MetaLearner(
-        init=drop_head, adapt=adapt, predict=predict, any_ways=True, bn_modes=BN_MODES
+        init=init,
+        adapt=adapt,
+        predict=predict,
+        any_ways=True,
+        bn_modes=BN_MODES,
+        encoder_key="encoder" if imagine else None,
     )
 
 
 @algos.register("protonet", tasks=("classification",))
 def from_config(cfg, net, objective: Objective) -> MetaLearner:
-    return protonet(net.embed, distance=cfg.distance, cosine_scale=cfg.cosine_scale)
+    return protonet(
+        net.embed,
+        distance=cfg.distance,
+        cosine_scale=cfg.cosine_scale,
+        **options(cfg),
+    )

@@ -87,11 +87,35 @@ class MAMLConfig(AlgoConfig):
         )
 
 
+@dataclass
+class HallucinateConfig:
+    """What the metric learners that can learn from imagined support data share (Wang et al.
+    2018, algos/hallucinate.py): a hallucinator G adds examples to each class of the support
+    set, in feature space, meta-learned with the encoder."""
+
+    name: str = MISSING
+    hallucinate: int = 0  # M, imagined support examples per class (0 = off, the learner as is)
+    # G's two hidden layers; null = the feature width, where G starts as the identity on the
+    # seed's features (Conv-4: 64 on Omniglot, 1600 on mini-ImageNet: set it lower there).
+    hallucinator_width: int | None = None
+    noise_dim: int = 16  # the width of G's noise input z ~ N(0, I)
+
+    def __post_init__(self) -> None:
+        _check(self.hallucinate >= 0, "algo.hallucinate", self.hallucinate, "must be >= 0")
+        _check(
+            self.hallucinator_width is None or self.hallucinator_width >= 1,
+            "algo.hallucinator_width",
+            self.hallucinator_width,
+            "must be >= 1, or null for the feature width",
+        )
+        _check(self.noise_dim >= 1, "algo.noise_dim", self.noise_dim, "must be >= 1")
+
+
 PROTONET_DISTANCES = ("euclidean", "cosine")
 
 
 @dataclass
-class ProtoNetConfig:
+class ProtoNetConfig(HallucinateConfig):
     """Prototypical Networks: logits are minus the distance to each class's mean embedding."""
 
     name: str = "protonet"
@@ -99,12 +123,13 @@ class ProtoNetConfig:
     cosine_scale: float = 10.0  # distance=cosine: logits = scale · cos, softmax needs the range
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_choice("algo.distance", self.distance, PROTONET_DISTANCES)
         _check(self.cosine_scale > 0, "algo.cosine_scale", self.cosine_scale, "must be > 0")
 
 
 @dataclass
-class MatchingNetConfig:
+class MatchingNetConfig(HallucinateConfig):
     """Matching Networks: attention over the support set by cosine similarity."""
 
     name: str = "matchingnet"
@@ -112,6 +137,7 @@ class MatchingNetConfig:
     fce_steps: int = 5  # fce: the attention LSTM's processing steps K over the support set
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(self.fce_steps >= 1, "algo.fce_steps", self.fce_steps, "must be >= 1")
 
 
