@@ -26,7 +26,12 @@ IMAGES = [
 # every algorithm as configured, then each variant (name, its overrides).
 VARIANTS = [
     pytest.param("protonet", ["algo.hallucinate=2"], id="protonet-hallucinate"),
-    pytest.param("matchingnet", ["algo.hallucinate=2"], id="matchingnet-hallucinate"),
+    pytest.param(  # 25 s a test: make test-all
+        "matchingnet",
+        ["algo.hallucinate=2"],
+        id="matchingnet-hallucinate",
+        marks=pytest.mark.extended,
+    ),
 ]
 ALGOS_AND_VARIANTS = [pytest.param(name, [], id=name) for name in ALGOS] + VARIANTS
 
