@@ -24,11 +24,10 @@ Initialisation: G starts as the identity on its seed (each weight matrix a recta
 identity, the noise's rows and the biases zero; Conv-4's features are non-negative, after a
 ReLU, so leaky ReLU passes them), so a learner that hallucinates starts as the one that does
 not (1-shot: the same prototypes), and the meta-objective decides how far G moves from its
-seeds. A random noise block instead, of a fixed scale (0.1 per unit), dwarfed the features of
-an untrained Conv-4 under running-average BatchNorm (5-way test accuracy at initialisation
-27% against 33% without G). At zero the
-noise's weights get a gradient from every episode (δ zᵀ) but none in expectation (z is
-independent of everything else): they move by the episodes' fluctuations, and then as far as
+seeds (``tests/algos/test_hallucinate.py`` checks the identity start). This start is a design
+choice, not one measured against others on validation. At zero the noise's weights get a
+gradient from every episode (δ zᵀ) but none in expectation (z is independent of everything
+else): they move by the episodes' fluctuations, and then as far as
 noise helps the meta-objective. ``algo.hallucinator_width`` defaults to the feature width,
 where these identities are exact.
 
