@@ -63,7 +63,15 @@ def test_each_algorithm_declares_the_data_it_learns_from():
     """The table ``algos.check_data`` reads, the one place where algorithms and datasets meet:
     the metric-based and black-box learners compare classes, only the learned optimizer
     descends a function itself, every other learner fits its model to any data."""
-    classifiers = {"mann", "matchingnet", "protonet", "relationnet", "siamese", "snail"}
+    classifiers = {
+        "baseline_pp",
+        "mann",
+        "matchingnet",
+        "protonet",
+        "relationnet",
+        "siamese",
+        "snail",
+    }
     for name in ALGOS:
         expected = TASKS if name == "lstm_opt" else FITS
         assert algos.tasks[name] == (("classification",) if name in classifiers else expected)

@@ -85,5 +85,15 @@ def load(run_dir: str | os.PathLike) -> Learner:
     config = rundir.load_config(run_dir)
     spec = data.spec(config.data)
     model, _, learner = make_learners(config, spec)  # the evaluation learner
-    like = meta_params_like(model, learner, spec)
-    return Learner(config, spec, model, learner, rundir.load_params(run_dir, like))
+    # Restored as saved: a shape may depend on the training data rather than the config (a
+    # pre-training classifier has one output per class of the train split); the layers are
+    # the config's.
+    saved = rundir.saved_params_like(run_dir)
+    expected = jax.tree.structure(meta_params_like(model, learner, spec))
+    if jax.tree.structure(saved) != expected:
+        raise ValueError(
+            f"the parameters in {run_dir / rundir.BEST_PARAMS} are not those of the run's "
+            f"config (algo={config.algo.name}, model={config.model.name}): expected {expected}, "
+            f"found {jax.tree.structure(saved)}"
+        )
+    return Learner(config, spec, model, learner, rundir.load_params(run_dir, saved))

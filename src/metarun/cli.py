@@ -31,6 +31,11 @@ from metarun.rundir import STATE_DIR
 log = logging.getLogger(__name__)
 
 
+def quiet_orbax() -> None:
+    """orbax logs each step of every checkpoint read and write at INFO (through absl)."""
+    logging.getLogger("absl").setLevel(logging.WARNING)
+
+
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
 def _run(cfg: DictConfig) -> float:
     from metarun import distributed
@@ -38,9 +43,7 @@ def _run(cfg: DictConfig) -> float:
     from metarun.sweep import check_direction
     from metarun.train import train
 
-    # orbax logs each step of every checkpoint write at INFO (through absl). Here, not in
-    # main(): submitit's jobs call this function without main().
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    quiet_orbax()  # here, not in main(): submitit's jobs call this function without main()
     sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         config = validate(cfg)
@@ -113,6 +116,7 @@ class Preflight(Callback):
     """
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        quiet_orbax()  # it reads checkpoints here (a resume's, trainer.init_from's)
         try:
             checked = validate(_task(config))
             require_budget(checked)

@@ -52,6 +52,10 @@ def build(config: Config) -> Experiment:
     source = jax.block_until_ready(data.make(config.data))
     prepare_sec = time.perf_counter() - start
     model, learner, eval_learner = make_learners(config, data.spec(config.data))
+    if learner.trains_on == "batches":
+        # A pre-training learner's training tasks are the train split's mini-batches: the same
+        # loop samples them, vmaps the learner over them and updates, as it does episodes.
+        source = source._replace(samplers={**source.samplers, "train": source.batches})
     optimizer = optim.make(config.optim, config.trainer.steps)
     return Experiment(config, source, model, learner, optimizer, prepare_sec, eval_learner)
 
@@ -59,11 +63,16 @@ def build(config: Config) -> Experiment:
 def check(config: Config) -> None:
     """Raise the :class:`ConfigError` that :func:`build`, the learner's ``init`` or the device
     mesh would, without loading any data or computing anything (the dataset's spec gives the
-    shapes): the CLI calls it before Hydra writes the run dir."""
+    shapes), and that ``trainer.init_from`` would from the other run's metadata: the CLI calls
+    it before Hydra writes the run dir."""
     spec = data.spec(config.data)
     model, learner, _ = make_learners(config, spec)
-    meta_params_like(model, learner, spec)
+    like = meta_params_like(model, learner, spec)
     task_mesh(config.trainer.devices, config.trainer.meta_batch)
+    if config.trainer.init_from:
+        from metarun import warmstart  # it builds the other run's learner with make_learners
+
+        warmstart.check(config, like, learner)
 
 
 def make_learners(config: Config, spec: DataSpec) -> Learners:

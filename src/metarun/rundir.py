@@ -67,10 +67,22 @@ def save_params(run_dir: Path, meta_params) -> None:
         checkpointer.save((run_dir / BEST_PARAMS).absolute(), meta_params, force=True)
 
 
-def load_params(run_dir: Path, like):
-    """What :func:`save_params` wrote, restored into the shapes and dtypes of ``like``."""
+def saved_params_like(run_dir: Path):
+    """The shapes and dtypes of what :func:`save_params` wrote (``jax.ShapeDtypeStruct``s in
+    its tree of dicts), read from the checkpoint's metadata: no array is read."""
     import orbax.checkpoint as ocp
 
+    with ocp.StandardCheckpointer() as checkpointer:
+        saved = checkpointer.metadata((run_dir / BEST_PARAMS).absolute()).item_metadata.tree
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), saved)
+
+
+def load_params(run_dir: Path, like=None):
+    """What :func:`save_params` wrote, restored into the shapes and dtypes of ``like``
+    (default: as saved, :func:`saved_params_like`)."""
+    import orbax.checkpoint as ocp
+
+    like = saved_params_like(run_dir) if like is None else like
     with ocp.StandardCheckpointer() as checkpointer:
         return checkpointer.restore((run_dir / BEST_PARAMS).absolute(), like)
 

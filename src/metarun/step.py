@@ -7,6 +7,7 @@ over the devices of a mesh), and applies one optax update. :mod:`metarun.train` 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -15,7 +16,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from metarun import algos, models
+from metarun import algos, models, warmstart
 from metarun.algos.base import outer_grad
 from metarun.experiment import Experiment, init_meta_params
 from metarun.models.conv4 import RUNNING_MOMENTUM
@@ -29,6 +30,9 @@ class TrainState(NamedTuple):
 
 
 def init_state(exp: Experiment, key: PRNGKey) -> TrainState:
+    """The state before the first step: initial meta-parameters (with ``trainer.init_from``,
+    the other run's encoder in them) and the optimizer's state for them."""
+
     def init(key: PRNGKey) -> TrainState:
         model_key, episode_key, learner_key = jax.random.split(key, 3)
         example = exp.source.samplers["train"](episode_key)
@@ -36,7 +40,13 @@ def init_state(exp: Experiment, key: PRNGKey) -> TrainState:
         return TrainState(jnp.zeros((), jnp.int32), meta_params, exp.optimizer.init(meta_params))
 
     # One program: run op by op, the initialisers compile dozens of tiny programs (seconds).
-    return jax.jit(init)(key)
+    state = jax.jit(init)(key)
+    if not exp.config.trainer.init_from:
+        return state
+    meta_params = warmstart.init_from(
+        Path(exp.config.trainer.init_from), state.meta_params, exp.learner
+    )
+    return TrainState(state.step, meta_params, exp.optimizer.init(meta_params))
 
 
 def replicate(tree, mesh: Mesh):

@@ -128,8 +128,14 @@ class TaskSource(NamedTuple):
         argument, so a dataset reaches them as a buffer, never as a compiled-in constant.
       objective: how the episodes are scored.
       output_dim: size of the model's output (1 for regression, ``ways`` for classification).
+      batches: the train split as ordinary mini-batches, the training tasks of a learner that
+        pre-trains (``MetaLearner.trains_on="batches"``, Baseline): ``key -> Episode`` whose
+        two sets are examples drawn from the whole split, labelled by their class in the split
+        (``ways``: its number of classes); regression: its tasks' points, as the episodes.
+        None where the data has no such batches.
     """
 
     samplers: dict[str, Callable[[PRNGKey], Episode]]
     objective: Objective
     output_dim: int
+    batches: Callable[[PRNGKey], Episode] | None = None

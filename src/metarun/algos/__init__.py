@@ -35,6 +35,7 @@ algos = _Algos()
 
 from metarun.algos import (  # noqa: E402,F401  (register)
     anil,
+    baseline,
     lstm_opt,
     maml,
     mann,
@@ -78,9 +79,10 @@ def check_data(name: str, data: str, objective: Objective) -> None:
 
 
 def inner_steps(learner: MetaLearner, cfg) -> int:
-    """``algo.inner_steps`` (``cfg``: the algo config) for a learner with an inner loop, else 0:
-    the others adapt in one forward pass."""
-    return cfg.inner_steps if learner.inner_loop else 0
+    """``algo.inner_steps`` (``cfg``: the algo config) for a learner that adapts by an inner loop
+    in meta-training, else 0: the others adapt in one forward pass, or pre-train and adapt at
+    evaluation only (``trains_on="batches"``)."""
+    return cfg.inner_steps if learner.inner_loop and learner.trains_on == "episodes" else 0
 
 
 def eval_steps(learner: MetaLearner, config) -> int:

@@ -48,13 +48,17 @@ class MetaLearner(NamedTuple):
       evaluation ones (``data.train_ways``): true when there is no ``ways``-wide head;
     * ``bn_modes``: the ``model.bn_mode`` values it honours; a learner honours ``support``
       and ``task_norm`` by giving the network the support set as the context of its query
-      passes (``net.apply(params, query_x, support_x)``), and ``running`` by keeping its
-      model parameters at ``meta_params[encoder_key]`` (the whole ``meta_params`` when
-      ``encoder_key`` is None), where the meta-step updates the running averages;
+      passes (``net.apply(params, query_x, support_x)``), and ``running`` by letting the
+      meta-step update the running averages of its model parameters (``encoder_key``);
+    * ``encoder_key``: where its model's parameters are, ``meta_params[encoder_key]`` (the
+      whole ``meta_params`` when None); ``trainer.init_from`` writes another run's there;
     * ``bf16``: whether ``trainer.precision=bf16`` reaches its computation;
     * ``inner_loop``: whether it adapts by an inner loop of ``num_steps`` steps
       (``algo.inner_steps`` in meta-training, ``eval.inner_steps`` at evaluation); the others
-      adapt in one pass and are given ``num_steps=0``.
+      adapt in one pass and are given ``num_steps=0``;
+    * ``trains_on``: ``"episodes"``, or ``"batches"`` for a learner that pre-trains on ordinary
+      mini-batches of the train split (``TaskSource.batches``) and adapts only at evaluation
+      (Baseline): its ``outer_grad`` is its training update.
     """
 
     init: Callable[[Params, PRNGKey, Episode], MetaParams]
@@ -69,6 +73,7 @@ class MetaLearner(NamedTuple):
     bf16: bool = True
     encoder_key: str | None = None
     inner_loop: bool = False
+    trains_on: str = "episodes"
 
 
 def drop_head(params: Params, key: PRNGKey = None, episode: Episode | None = None) -> Params:

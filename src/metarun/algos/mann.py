@@ -324,7 +324,14 @@ def mann(
         return jax.grad(loss, has_aux=True)(meta_params)
 
     # The controller and memory run in float32 whatever trainer.precision says.
-    return MetaLearner(init=init, adapt=adapt, predict=predict, outer_grad=outer_grad, bf16=False)
+    return MetaLearner(
+        init=init,
+        adapt=adapt,
+        predict=predict,
+        outer_grad=outer_grad,
+        bf16=False,
+        encoder_key="encoder",
+    )
 
 
 @algos.register("mann", tasks=("classification",))

@@ -188,7 +188,11 @@ def meta_lstm(
         return unravel(state.theta)
 
     return MetaLearner(
-        init=init, adapt=adapt, predict=predict_with_adapted(apply_fn), inner_loop=True
+        init=init,
+        adapt=adapt,
+        predict=predict_with_adapted(apply_fn),
+        encoder_key="params",
+        inner_loop=True,
     )
 
 

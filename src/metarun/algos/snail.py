@@ -198,7 +198,7 @@ def snail(
         return logits[context:]
 
     # The TC and attention blocks run in float32 whatever trainer.precision says.
-    return MetaLearner(init=init, adapt=adapt, predict=predict, bf16=False)
+    return MetaLearner(init=init, adapt=adapt, predict=predict, bf16=False, encoder_key="encoder")
 
 
 @algos.register("snail", tasks=("classification",))

@@ -292,6 +292,24 @@ class LSTMOptConfig:
         )
 
 
+@dataclass
+class BaselineConfig:
+    """Pre-training baselines (algos/baseline.py): train on all training classes (or tasks) at
+    once, then fit a new head to each test task's support set, eval.inner_steps steps of SGD.
+    The defaults are the test-time fit of Chen et al. 2019 (not tuned here)."""
+
+    name: str = MISSING
+    fit_lr: float = 0.01  # the test-time fit's SGD step size
+    momentum: float = 0.9  # its momentum (0: plain gradient steps)
+    weight_decay: float = 0.001  # its L2 weight decay
+    finetune: bool = False  # fit the whole network to the support set, not only the new head
+
+    def __post_init__(self) -> None:
+        _check(self.fit_lr > 0, "algo.fit_lr", self.fit_lr, "must be > 0, e.g. 0.01")
+        _check(0 <= self.momentum < 1, "algo.momentum", self.momentum, "must be in [0, 1)")
+        _check(self.weight_decay >= 0, "algo.weight_decay", self.weight_decay, "must be >= 0")
+
+
 # The schema of each conf/algo/<name>.yaml (MAML's variants share MAML's or the base schema).
 SCHEMAS = {
     "maml": MAMLConfig,
@@ -306,4 +324,6 @@ SCHEMAS = {
     "snail": SNAILConfig,
     "meta_lstm": MetaLSTMConfig,
     "lstm_opt": LSTMOptConfig,
+    "baseline": BaselineConfig,
+    "baseline_pp": BaselineConfig,
 }

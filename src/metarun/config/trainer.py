@@ -32,6 +32,9 @@ class TrainerConfig:
     resume: str = "auto"
     # A non-finite loss or gradient: stop (raise, naming the steps), or skip the update.
     nan_policy: str = "stop"
+    # A finished run dir whose trained encoder (every layer of the model but its head) this
+    # run starts from, e.g. pre-train with algo=baseline, then meta-train (metarun/warmstart.py).
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         _check(self.steps >= 0, "trainer.steps", self.steps, "must be >= 0")

@@ -16,6 +16,11 @@ Prototypical Networks code: an episode draws from the ``4 * classes`` virtual cl
 character may appear twice in an episode under two rotations. MAML's code instead draws distinct
 characters and then a rotation for each; the two differ in about 0.6% of 5-way episodes over 4800
 virtual classes.
+
+Pre-training baselines learn from ordinary mini-batches of the train split instead
+(:func:`sample_batch`): examples drawn from all its classes, labelled by their class in the split.
+They are sampled on the device in the same way, so that they serve as another kind of training
+task (``TaskSource.batches``).
 """
 
 from __future__ import annotations
@@ -111,6 +116,31 @@ def sample_episode(
     )
 
 
+def sample_batch(
+    key: PRNGKey, images: jax.Array, *, support: int, query: int, rotations: bool = False
+) -> Episode:
+    """A mini-batch of ``support + query`` examples of the whole split, as one :class:`Episode`.
+
+    Each example is a uniform draw from every (class, sample) pair of ``images``, with
+    replacement; its label is its class's index in the split (virtual class ``4 c + k`` with
+    ``rotations``, as :func:`sample_episode` turns them). ``ways`` is the number of (virtual)
+    classes, the width of a classifier over all of them. The two sets are two parts of one
+    batch: a learner that pre-trains fits both.
+    """
+    classes, samples, height, width, channels = images.shape
+    virtual = 4 * classes if rotations else classes
+    drawn = jax.random.randint(key, (support + query,), 0, virtual * samples)
+    label, sample = jnp.divmod(drawn, samples)
+    if rotations:
+        cls, turn = jnp.divmod(label, 4)
+        x = jax.vmap(lambda k, image: _rotate(k, image[None])[0])(turn, images[cls, sample])
+    else:
+        x = images[label, sample]
+    x = x.astype(jnp.float32) * arrays.PIXEL_SCALE
+    label = label.astype(jnp.int32)
+    return Episode(x[:support], label[:support], x[support:], label[support:], ways=virtual)
+
+
 def make_sampler(
     images, *, ways: int, shots: int, queries: int, rotations: bool = False
 ) -> Callable[[PRNGKey], Episode]:
@@ -128,6 +158,16 @@ def make_sampler(
         sample_episode, ways=ways, shots=shots, queries=queries, rotations=rotations
     )
     return jax.tree_util.Partial(episode, images=images)
+
+
+def make_batch_sampler(
+    images, *, support: int, query: int, rotations: bool = False
+) -> Callable[[PRNGKey], Episode]:
+    """``key -> Episode`` of :func:`sample_batch` over ``images``, a ``Partial`` as
+    :func:`make_sampler`'s (an array already on the device is not copied again)."""
+    _check(images.shape, images.dtype, ways=1, shots=1, queries=1, rotations=rotations)
+    batch = functools.partial(sample_batch, support=support, query=query, rotations=rotations)
+    return jax.tree_util.Partial(batch, images=jax.device_put(images))
 
 
 def image_spec(ways: int, size: int, channels: int, invert: bool) -> DataSpec:
@@ -149,13 +189,15 @@ def image_task_source(images: dict, cfg) -> TaskSource:
       images: split name (``train``, ``val``, ``test``) -> ``uint8 [classes, samples, H, W, C]``.
       cfg: the data config; ``ways``, ``shots``, ``queries`` give the evaluation episodes (val
         and test), ``train_ways``, ``train_shots`` and ``train_queries`` (None: the same) the
-        training ones.
+        training ones. The mini-batches of the train split (``TaskSource.batches``) hold as
+        many examples as a training episode, in the same support and query sizes.
 
     Raises:
       ConfigError: naming the key, when a split cannot serve the episodes asked for.
     """
-    samplers = {}
+    samplers, batches = {}, None
     for split, array in images.items():
+        array = jax.device_put(array)  # once: the train split serves episodes and batches
         train = split == "train"
         ways = cfg.train_ways if train and cfg.train_ways else cfg.ways
         shots = cfg.train_shots if train and cfg.train_shots else cfg.shots
@@ -178,8 +220,13 @@ def image_task_source(images: dict, cfg) -> TaskSource:
         samplers[split] = make_sampler(
             array, ways=ways, shots=shots, queries=queries, rotations=cfg.rotations
         )
+        if train:
+            batches = make_batch_sampler(
+                array, support=ways * shots, query=ways * queries, rotations=cfg.rotations
+            )
     return TaskSource(
         samplers=samplers,
         objective=CLASSIFICATION,
         output_dim=cfg.ways,
+        batches=batches,
     )

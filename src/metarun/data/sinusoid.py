@@ -60,8 +60,11 @@ def _as_points(x) -> np.ndarray:
 @sources.register("sinusoid")
 def make(cfg) -> TaskSource:
     sampler = jax.tree_util.Partial(partial(episode, cfg=cfg))  # no arrays: generated on the fly
+    # Pre-training on the points of random tasks is training on all tasks jointly (MAML §5.1's
+    # "pretrained" comparison): the batches are the training episodes.
     return TaskSource(
         samplers={"train": sampler, "val": sampler, "test": sampler},
         objective=REGRESSION,
         output_dim=1,
+        batches=sampler,
     )

@@ -81,6 +81,10 @@ _INIT = nn.initializers.glorot_uniform()
 # The running averages' update, x̄ ← (1 − m) x̄ + m x (PyTorch's default momentum).
 RUNNING_MOMENTUM = 0.1
 RUNNING_STATS = ("running_mean", "running_var")
+TASK_NORM_MIX = ("alpha_scale", "alpha_offset")  # task_norm's blend of batch and instance
+# The parameters a BatchNorm layer has in some modes only (trainer.init_from: they start at
+# their initial values when the other run trained in a mode without them).
+BN_MODE_PARAMS = RUNNING_STATS + TASK_NORM_MIX
 
 
 class BatchStatNorm(nn.Module):
@@ -124,8 +128,8 @@ class BatchStatNorm(nn.Module):
             else:
                 mean, var = running_mean, running_var
         elif self.mode == "task_norm":
-            a = self.param("alpha_scale", nn.initializers.zeros, ())
-            b = self.param("alpha_offset", nn.initializers.zeros, ())
+            a = self.param(TASK_NORM_MIX[0], nn.initializers.zeros, ())
+            b = self.param(TASK_NORM_MIX[1], nn.initializers.zeros, ())
             alpha = jax.nn.sigmoid(a * reference.shape[0] + b)
             spatial = tuple(range(1, x.ndim - 1))  # instance statistics: each example's own
             mean_in = jnp.mean(x32, spatial, keepdims=True)
