@@ -48,7 +48,7 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.parametrize("algo", ["maml", "reptile"])
+@pytest.mark.parametrize("algo", ["maml", "reptile", "baseline"])
 def test_four_devices_give_the_losses_and_parameters_of_one(algo):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"

@@ -127,6 +127,14 @@ def test_init_from_refuses_a_model_that_does_not_fit(
         check(config)
 
 
+def test_init_from_refuses_tasks_without_a_model(pretrained):
+    config = validate(
+        compose([*FAST, "algo=lstm_opt", "data=quadratic", f"trainer.init_from={pretrained}"])
+    )
+    with pytest.raises(ConfigError, match="data=quadratic: its tasks are functions to minimise"):
+        check(config)
+
+
 def test_init_from_names_a_folder_that_is_not_a_finished_run(tmp_path):
     config = validate(compose([*FAST, f"trainer.init_from={tmp_path}"]))
     with pytest.raises(ConfigError, match=f"trainer.init_from={tmp_path} is invalid: .*not found"):

@@ -86,14 +86,21 @@ def load(run_dir: str | os.PathLike) -> Learner:
     spec = data.spec(config.data)
     model, _, learner = make_learners(config, spec)  # the evaluation learner
     # Restored as saved: a shape may depend on the training data rather than the config (a
-    # pre-training classifier has one output per class of the train split); the layers are
-    # the config's.
+    # pre-training classifier has one output per class of the train split); the structure and
+    # the model's own shapes must be the config's.
     saved = rundir.saved_params_like(run_dir)
-    expected = jax.tree.structure(meta_params_like(model, learner, spec))
-    if jax.tree.structure(saved) != expected:
+    like = meta_params_like(model, learner, spec)
+    model_part = (
+        (lambda p: p) if learner.encoder_key is None else (lambda p: p[learner.encoder_key])
+    )
+    expected, found = (jax.tree.map(lambda a: a.shape, p) for p in (like, saved))
+    same_model = jax.tree.structure(saved) == jax.tree.structure(like) and (
+        model_part(expected) == model_part(found)
+    )
+    if not same_model:
         raise ValueError(
             f"the parameters in {run_dir / rundir.BEST_PARAMS} are not those of the run's "
             f"config (algo={config.algo.name}, model={config.model.name}): expected {expected}, "
-            f"found {jax.tree.structure(saved)}"
+            f"found {found}"
         )
     return Learner(config, spec, model, learner, rundir.load_params(run_dir, saved))

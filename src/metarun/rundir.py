@@ -74,7 +74,9 @@ def saved_params_like(run_dir: Path):
 
     with ocp.StandardCheckpointer() as checkpointer:
         saved = checkpointer.metadata((run_dir / BEST_PARAMS).absolute()).item_metadata.tree
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), saved)
+    # Onto this process's first device, whatever devices the run that saved them had.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), saved)
 
 
 def load_params(run_dir: Path, like=None):

@@ -29,9 +29,10 @@ class TrainState(NamedTuple):
     opt_state: optax.OptState
 
 
-def init_state(exp: Experiment, key: PRNGKey) -> TrainState:
-    """The state before the first step: initial meta-parameters (with ``trainer.init_from``,
-    the other run's encoder in them) and the optimizer's state for them."""
+def init_state(exp: Experiment, key: PRNGKey, warm_start: bool = True) -> TrainState:
+    """The state before the first step: initial meta-parameters (with ``trainer.init_from``
+    and ``warm_start``, the other run's encoder in them) and the optimizer's state for them.
+    A resumed run passes ``warm_start=False``: its checkpoint replaces the state."""
 
     def init(key: PRNGKey) -> TrainState:
         model_key, episode_key, learner_key = jax.random.split(key, 3)
@@ -41,7 +42,7 @@ def init_state(exp: Experiment, key: PRNGKey) -> TrainState:
 
     # One program: run op by op, the initialisers compile dozens of tiny programs (seconds).
     state = jax.jit(init)(key)
-    if not exp.config.trainer.init_from:
+    if not (exp.config.trainer.init_from and warm_start):
         return state
     meta_params = warmstart.init_from(
         Path(exp.config.trainer.init_from), state.meta_params, exp.learner

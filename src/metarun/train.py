@@ -118,7 +118,7 @@ def train(config: Config, run_dir: Path, exp: Experiment | None = None) -> dict[
     resumed = resume_point(run_dir, config)  # before any file is written: it may refuse
     if lead:  # the validated config, for metarun.load (.hydra/ exists only under the CLI)
         rundir.save_config(run_dir, config)
-    run = _place(exp)
+    run = _place(exp, warm_start=resumed is None)
     first = resumed[0] if resumed else 0  # the step training starts after
     meta_step, compile_sec = None, 0.0  # nothing to compile when no step is left to run
     if first < config.trainer.steps:
@@ -171,13 +171,13 @@ class _Placed(NamedTuple):
     validate: Any  # (best, step, meta_params) -> record entries; see _validator
 
 
-def _place(exp: Experiment) -> _Placed:
+def _place(exp: Experiment, warm_start: bool) -> _Placed:
     trainer = exp.config.trainer
     # Step s samples its tasks from fold_in(train_key, s), a pure function of config.seed and
     # s: a checkpoint needs only the step to continue the same stream of training tasks.
     init_key, train_key = rng_streams(exp.config.seed)
     mesh = task_mesh(trainer.devices, trainer.meta_batch)
-    state = replicate(init_state(exp, init_key), mesh)
+    state = replicate(init_state(exp, init_key, warm_start), mesh)
     # Every input of the compiled step lives on the mesh: the step runs under
     # transfer_guard("disallow"), which refuses even a device-to-device copy of the key.
     train_key, train_sampler = replicate((train_key, exp.source.samplers["train"]), mesh)

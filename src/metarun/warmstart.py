@@ -12,7 +12,8 @@ blend), which a layer has in some modes only: one the other run lacks starts at 
 value, one this run lacks is dropped. Anything else refuses, naming the layer, before any data
 is loaded (:func:`check`, from the CLI's preflight).
 
-Resuming a run continues from its own checkpoint; the other run is read only at the start.
+A resumed run continues from its own checkpoint and reads the other run no more (the CLI's
+preflight still checks it).
 """
 
 from __future__ import annotations
@@ -85,6 +86,11 @@ def check(config: Config, like, learner: MetaLearner) -> None:
     """Raise the :class:`ConfigError` that :func:`init_from` would, from shapes alone (``like``:
     this run's meta-parameters as shapes, :func:`metarun.experiment.meta_params_like`)."""
     run_dir = Path(config.trainer.init_from)
+    if data.spec(config.data).objective.task == "minimisation":
+        raise ConfigError(
+            f"trainer.init_from={run_dir} is invalid with data={config.data.name}: its tasks are "
+            "functions to minimise, with no model whose encoder a run could start from"
+        )
     source, _ = _source(run_dir)
     _shared(_model_part(like, learner), source, run_dir)
 

@@ -56,24 +56,29 @@ def test_batches_draw_labelled_examples_of_the_whole_split():
         np.testing.assert_array_equal(x[i], turned.astype(np.float32) * np.float32(1 / 255))
 
 
-def test_the_linear_head_fit_is_sgd_with_momentum_and_weight_decay(x64):
-    """adapt = 30 steps of PyTorch-style SGD (g + λw, then momentum) from a zero head on the
-    frozen support features, against a hand loop in numpy."""
+def test_the_linear_head_fit_is_pytorchs_sgd(x64):
+    """adapt = 30 steps of PyTorch's SGD (g + λw; the first step's buffer is g, then
+    μ b + (1 − τ) g) from a zero head on the frozen support features, against a hand loop."""
     params, x, y = _support(jax.random.PRNGKey(0))
-    learner = baseline_classifier(embed, CLASSIFICATION, lr=0.5, momentum=0.9, weight_decay=0.01)
+    learner = baseline_classifier(
+        embed, CLASSIFICATION, lr=0.5, momentum=0.9, dampening=0.3, weight_decay=0.01
+    )
     fitted = learner.adapt({"encoder": params, "classifier": None}, x, y, 30, 3)
 
     f = np.asarray(embed(params, x))
     onehot = np.eye(3)[np.asarray(y)]
     w, b = np.zeros((4, 3)), np.zeros(3)
-    vw, vb = np.zeros_like(w), np.zeros_like(b)
+    vw, vb = None, None
     for _ in range(30):
         logits = f @ w + b
         p = np.exp(logits - logits.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)
         gw = f.T @ (p - onehot) / len(f) + 0.01 * w
         gb = (p - onehot).mean(0) + 0.01 * b
-        vw, vb = 0.9 * vw + gw, 0.9 * vb + gb
+        if vw is None:  # torch.optim.SGD: the first step's momentum buffer is the gradient
+            vw, vb = gw, gb
+        else:
+            vw, vb = 0.9 * vw + 0.7 * gw, 0.9 * vb + 0.7 * gb
         w, b = w - 0.5 * vw, b - 0.5 * vb
     np.testing.assert_allclose(fitted["head"]["w"], w, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(fitted["head"]["b"], b, rtol=1e-10, atol=1e-12)
@@ -86,8 +91,9 @@ def test_the_linear_head_fit_is_sgd_with_momentum_and_weight_decay(x64):
 
 
 def test_the_cosine_head_starts_at_the_class_means(x64):
-    """Baseline++: with no step the new head is each class's mean support feature, and the
-    logits are the scaled cosines to them (2 for a head of at most 200 classes)."""
+    """Baseline++: with no step the new head is each class's mean support feature with gain 1,
+    and the logits are the scaled cosines to them (2 for a head of at most 200 classes); the
+    fit moves the directions and the per-class gains (the authors' WeightNorm)."""
     params, x, y = _support(jax.random.PRNGKey(1))
     learner = baseline_classifier(embed, CLASSIFICATION, cosine=True)
     fitted = learner.adapt({"encoder": params, "classifier": None}, x, y, 0, 3)
@@ -95,8 +101,9 @@ def test_the_cosine_head_starts_at_the_class_means(x64):
     expected = 2.0 * cosine_similarities(features, class_means(features, y, 3))
     np.testing.assert_allclose(learner.predict(None, fitted, x), expected, rtol=1e-12)
     assert cosine_scale(200) == 2.0 and cosine_scale(201) == 10.0
-    moved = learner.adapt({"encoder": params, "classifier": None}, x, y, 5, 3)
-    assert not np.allclose(moved["head"]["w"], fitted["head"]["w"])
+    moved = learner.adapt({"encoder": params, "classifier": None}, x, y, 5, 3)["head"]
+    assert not np.allclose(moved["w"], fitted["head"]["w"])
+    assert not np.allclose(moved["g"], 1.0)
 
 
 def test_finetune_fits_the_encoder_too(x64):
@@ -160,7 +167,7 @@ def test_the_regressor_fine_tunes_by_plain_gradient_steps(x64):
     }
     x = jnp.linspace(-5, 5, 10, dtype=jnp.float64)[:, None]
     y = 2 * jnp.sin(x)
-    sgd = {"lr": 0.01, "momentum": 0.0, "weight_decay": 0.0}
+    sgd = {"lr": 0.01, "momentum": 0.0, "dampening": 0.9, "weight_decay": 0.0}  # τ: no effect
     tuned = baseline_regressor(apply, REGRESSION, finetune=True, **sgd).adapt(params, x, y, 10)
 
     def loss(p):
@@ -174,18 +181,46 @@ def test_the_regressor_fine_tunes_by_plain_gradient_steps(x64):
 
 
 def test_baseline_trains_on_the_batches_of_the_train_split(make_config, omniglot):
-    """build() hands the learner the train split's batches as its training tasks, and its
-    classifier has one output per training class (minimal1: 4 × the train characters)."""
+    """build() hands the learner the train split's batches as its training tasks (the preset's:
+    as many images as a 60-way training episode with 5 queries), and its classifier has one
+    output per training class (minimal1: 4 × the train characters)."""
     exp = build(make_config("algo=baseline", *omniglot, "model.filters=8"))
     batch = exp.source.samplers["train"](jax.random.PRNGKey(0))
     assert exp.source.samplers["train"] is exp.source.batches
-    episodes = exp.config.data
-    assert batch.support_x.shape[0] == episodes.ways * episodes.shots
-    assert batch.query_x.shape[0] == episodes.ways * episodes.queries
+    assert batch.support_x.shape[0] == 60 * 1 and batch.query_x.shape[0] == 60 * 5
     state = init_state(exp, jax.random.PRNGKey(0))
     classes = batch.ways
     assert classes > 200 and classes % 4 == 0
     assert state.meta_params["classifier"]["w"].shape == (8, classes)
+
+
+def test_the_batches_move_the_running_averages_and_the_fit_leaves_them(make_config, omniglot):
+    """model.bn_mode=running: pre-training steps update BatchNorm's averages with the batches'
+    statistics; the test-time fit, even of the whole network, never changes them."""
+    from metarun.step import make_meta_step
+
+    config = make_config(
+        "algo=baseline", *omniglot, "model.filters=8", "model.bn_mode=running", "algo.finetune=true"
+    )
+    exp = build(config)
+    state = init_state(exp, jax.random.PRNGKey(0))
+    before = state.meta_params["encoder"]["blocks_0"]["norm"]["running_mean"]
+    np.testing.assert_array_equal(before, 0.0)
+    state, _ = jax.jit(make_meta_step(exp))(
+        state, jax.random.PRNGKey(1), exp.source.samplers["train"]
+    )
+    encoder = state.meta_params["encoder"]
+    assert np.all(np.abs(encoder["blocks_0"]["norm"]["running_mean"]) > 0)
+    episode = exp.source.samplers["val"](jax.random.PRNGKey(2))
+    fitted = exp.eval_learner.adapt(
+        state.meta_params, episode.support_x, episode.support_y, 3, episode.ways
+    )["encoder"]
+    for block in ("blocks_0", "blocks_3"):
+        for name in ("running_mean", "running_var"):
+            np.testing.assert_array_equal(fitted[block]["norm"][name], encoder[block]["norm"][name])
+    assert not np.allclose(
+        fitted["blocks_0"]["conv"]["kernel"], encoder["blocks_0"]["conv"]["kernel"]
+    )
 
 
 def test_baseline_pp_refuses_regression(make_config):
@@ -199,6 +234,7 @@ def test_baseline_pp_refuses_regression(make_config):
     "override, message",
     [
         ("algo.momentum=1.0", r"algo.momentum=1.0 is invalid: must be in \[0, 1\)"),
+        ("algo.dampening=2", r"algo.dampening=2.0 is invalid: must be in \[0, 1\]"),
         ("algo.fit_lr=0", "algo.fit_lr=0.0 is invalid: must be > 0"),
         ("algo.weight_decay=-1", "algo.weight_decay=-1.0 is invalid: must be >= 0"),
     ],

@@ -11,8 +11,9 @@ protocol (adapt on the support set, predict the query set), with ``adapt`` fitti
   W f_φ(x). On a test task the encoder is frozen and a new ``ways``-way head is fitted to the
   support features by ``num_steps`` (``eval.inner_steps``) steps of SGD with momentum and
   weight decay; ``finetune=True`` trains the encoder along with it.
-* **Baseline++** (``cosine=True``): both heads score ``s · cos(f_φ(x), w_k)``, the scale s
-  being 2 for heads of at most 200 classes and 10 above, as the authors' ``distLinear``.
+* **Baseline++** (``cosine=True``): both heads score ``s · g_k · cos(f_φ(x), w_k)``, a
+  learned gain g_k per class (the authors' ``WeightNorm`` of the class weights) and the scale
+  s being 2 for heads of at most 200 classes and 10 above, as the authors' ``distLinear``.
 * **Regression** (Finn et al. 2017, §5.1, the "pretrained" comparison of Fig. 2): one network
   is trained on the points of all training tasks jointly, then its output layer (or, with
   ``finetune=True``, the whole network) is fitted to each task's support points.
@@ -20,11 +21,16 @@ protocol (adapt on the support set, predict the query set), with ``adapt`` fitti
 Meta-parameters: ``{"encoder": φ, "classifier": W}`` for classification (W is used in training
 only), the model's parameters for regression.
 
+The test-time fit is PyTorch's ``SGD(lr, momentum, dampening, weight_decay)``, the authors'
+optimizer (0.01, 0.9, 0.9, 0.001): optax's ``sgd`` has no dampening, so :func:`dampened_sgd`
+writes that rule out. BatchNorm's running averages (``model.bn_mode=running``) are not fitted.
+
 Differences from the authors' code: the test-time fit is full-batch, ``num_steps`` steps on the
 whole support set (theirs: 100 epochs of batches of 4); a new linear head starts at zero and a
-new cosine head at the mean support feature of each class (theirs: at random), so that
-``adapt`` is a pure function of the support set, the same in evaluation and
-``metarun.load(...).predict``. Training mini-batches are drawn with replacement (theirs: epochs).
+new cosine head at the mean support feature of each class with gains 1 (theirs: at random, the
+gains at the random weights' norms), so that ``adapt`` is a pure function of the support set,
+the same in evaluation and ``metarun.load(...).predict``; the pre-training cosine head's gains
+also start at 1. Training mini-batches are drawn with replacement (theirs: epochs).
 
 References: Chen, Liu, Kira, Wang, Huang. "A Closer Look at Few-shot Classification".
 ICLR 2019. https://arxiv.org/abs/1904.04232; code: https://github.com/wyharveychen/CloserLookFewShot.
@@ -44,6 +50,7 @@ from metarun.algos import FITS, algos
 from metarun.algos.base import MetaLearner, drop_head, predict_with_adapted
 from metarun.algos.protonet import class_means, cosine_similarities
 from metarun.config import BN_MODES
+from metarun.models.conv4 import RUNNING_STATS
 from metarun.types import Array, Episode, Objective, Params
 
 
@@ -53,18 +60,40 @@ def cosine_scale(classes: int) -> float:
 
 
 def classify(head: Params, features: Array, cosine: bool) -> Array:
-    """Logits of a linear head (``w [d, C]``, ``b [C]``) or a cosine head (``w [d, C]``)."""
+    """Logits of a linear head (``w [d, C]``, ``b [C]``) or a cosine head (``w [d, C]``, gains
+    ``g [C]``)."""
     w = head["w"]
     if cosine:
-        return cosine_scale(w.shape[-1]) * cosine_similarities(features, w.T)
+        return cosine_scale(w.shape[-1]) * head["g"] * cosine_similarities(features, w.T)
     return features @ w + head["b"]
 
 
-def fit(loss, params: Params, num_steps: int, lr: float, momentum: float, weight_decay: float):
-    """``num_steps`` full-batch steps of SGD with momentum and weight decay on ``loss``
-    (optax's ``sgd`` after ``add_decayed_weights``, as PyTorch's ``SGD(weight_decay=...)``)."""
-    optimizer = optax.chain(
-        optax.add_decayed_weights(weight_decay), optax.sgd(lr, momentum=momentum or None)
+def dampened_sgd(
+    lr: float, momentum: float, dampening: float, weight_decay: float
+) -> optax.GradientTransformation:
+    """PyTorch's ``SGD``: g ← g + λθ; b ← g on the first step, then b ← μ b + (1 − τ) g;
+    θ ← θ − η b; with μ = 0, b = g (no buffer, whatever τ). optax's ``sgd`` is the case τ = 0."""
+
+    def init(params):
+        return (jnp.zeros((), jnp.int32), jax.tree.map(jnp.zeros_like, params))
+
+    def update(grads, state, params):
+        count, buf = state
+        grads = jax.tree.map(lambda g, p: g + weight_decay * p, grads, params)
+        first = (count == 0) | (momentum == 0)
+        buf = jax.tree.map(
+            lambda b, g: jnp.where(first, g, momentum * b + (1 - dampening) * g), buf, grads
+        )
+        return jax.tree.map(lambda b: -lr * b, buf), (count + 1, buf)
+
+    return optax.GradientTransformation(init, update)
+
+
+def fit(loss, params: Params, num_steps: int, optimizer: optax.GradientTransformation):
+    """``num_steps`` full-batch steps of ``optimizer`` on ``loss``; BatchNorm's running averages
+    (leaves named as ``models.conv4.RUNNING_STATS``) are statistics, never fitted."""
+    optimizer = optax.multi_transform(
+        {"fit": optimizer, "keep": optax.set_to_zero()}, _running_stats_kept(params)
     )
 
     def step(carry, _):
@@ -74,6 +103,16 @@ def fit(loss, params: Params, num_steps: int, lr: float, momentum: float, weight
 
     (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), None, num_steps)
     return params
+
+
+def _running_stats_kept(params):
+    """``"keep"`` for BatchNorm's running averages, ``"fit"`` for every other leaf."""
+
+    def label(path, _) -> str:
+        running = any(getattr(k, "key", None) in RUNNING_STATS for k in path)
+        return "keep" if running else "fit"
+
+    return jax.tree_util.tree_map_with_path(label, params)
 
 
 def _batch(episode: Episode) -> tuple[Array, Array]:
@@ -103,6 +142,7 @@ def baseline_classifier(
     finetune: bool = False,
     lr: float = 0.01,
     momentum: float = 0.9,
+    dampening: float = 0.9,
     weight_decay: float = 1e-3,
 ) -> MetaLearner:
     """Baseline (``cosine=False``) and Baseline++ over an encoder ``embed(params, x, context)``.
@@ -112,16 +152,18 @@ def baseline_classifier(
       objective: the classification objective (its loss trains both heads).
       cosine: Baseline++'s cosine heads.
       finetune: at test time, fit the encoder along with the new head.
-      lr, momentum, weight_decay: the test-time fit's SGD (Chen et al.: 0.01, 0.9, 0.001).
+      lr, momentum, dampening, weight_decay: the test-time fit's SGD (:func:`dampened_sgd`;
+        Chen et al.: 0.01, 0.9, 0.9, 0.001).
     """
-    sgd = partial(fit, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sgd = partial(fit, optimizer=dampened_sgd(lr, momentum, dampening, weight_decay))
 
     def init(params, key, episode):
         """The encoder, and a classifier over the ``episode.ways`` classes of a training batch."""
         encoder = drop_head(params)
         d = jax.eval_shape(embed, encoder, episode.support_x).shape[-1]
         w = jax.random.normal(key, (d, episode.ways)) / jnp.sqrt(d)
-        classifier = {"w": w} if cosine else {"w": w, "b": jnp.zeros(episode.ways)}
+        bias_or_gain = {"g": jnp.ones(episode.ways)} if cosine else {"b": jnp.zeros(episode.ways)}
+        classifier = {"w": w, **bias_or_gain}
         return {"encoder": encoder, "classifier": classifier}
 
     def batch_metrics(meta_params, x, y):
@@ -134,14 +176,14 @@ def baseline_classifier(
 
     def new_head(features, labels, ways):
         if cosine:  # each class's weight at its mean feature: "imprinting"
-            return {"w": class_means(features, labels, ways).T}
+            return {"w": class_means(features, labels, ways).T, "g": jnp.ones(ways, features.dtype)}
         d = features.shape[-1]
         return {"w": jnp.zeros((d, ways), features.dtype), "b": jnp.zeros(ways, features.dtype)}
 
     def adapt(meta_params, support_x, support_y, num_steps, ways):
         encoder = meta_params["encoder"]
-        features = embed(encoder, support_x)
-        head = new_head(jax.lax.stop_gradient(features), support_y, ways)
+        features = jax.lax.stop_gradient(embed(encoder, support_x))
+        head = new_head(features, support_y, ways)
         if finetune:
 
             def loss(p):
@@ -153,7 +195,6 @@ def baseline_classifier(
         def head_loss(h):
             return objective.loss(classify(h, features, cosine), support_y)
 
-        features = jax.lax.stop_gradient(features)
         return {"encoder": encoder, "head": sgd(head_loss, head, num_steps)}
 
     def predict(meta_params, fitted, query_x, support_x=None):
@@ -180,11 +221,13 @@ def baseline_regressor(
     finetune: bool = False,
     lr: float = 0.01,
     momentum: float = 0.0,
+    dampening: float = 0.0,
     weight_decay: float = 0.0,
 ) -> MetaLearner:
     """The pre-trained network of MAML's regression comparison, ``apply_fn(params, x, context)``;
-    ``adapt`` fits its ``head`` (``finetune``: every layer) to the support points."""
-    sgd = partial(fit, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    ``adapt`` fits its ``head`` (``finetune``: every layer) to the support points by
+    :func:`dampened_sgd` (the defaults: plain gradient steps, as MAML's evaluation)."""
+    sgd = partial(fit, optimizer=dampened_sgd(lr, momentum, dampening, weight_decay))
 
     def init(params, key=None, episode=None):
         del key, episode
@@ -224,15 +267,24 @@ def baseline_regressor(
     )
 
 
+def _sgd(cfg) -> dict:
+    return {
+        "lr": cfg.fit_lr,
+        "momentum": cfg.momentum,
+        "dampening": cfg.dampening,
+        "weight_decay": cfg.weight_decay,
+    }
+
+
 @algos.register("baseline", tasks=FITS)
 def from_config(cfg, net, objective: Objective) -> MetaLearner:
-    sgd = {"lr": cfg.fit_lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay}
     if objective.task == "regression":
-        return baseline_regressor(net.apply, objective, finetune=cfg.finetune, **sgd)
-    return baseline_classifier(net.embed, objective, finetune=cfg.finetune, **sgd)
+        return baseline_regressor(net.apply, objective, finetune=cfg.finetune, **_sgd(cfg))
+    return baseline_classifier(net.embed, objective, finetune=cfg.finetune, **_sgd(cfg))
 
 
 @algos.register("baseline_pp", tasks=("classification",))
 def from_config_pp(cfg, net, objective: Objective) -> MetaLearner:
-    sgd = {"lr": cfg.fit_lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay}
-    return baseline_classifier(net.embed, objective, cosine=True, finetune=cfg.finetune, **sgd)
+    return baseline_classifier(
+        net.embed, objective, cosine=True, finetune=cfg.finetune, **_sgd(cfg)
+    )

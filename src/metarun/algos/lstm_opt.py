@@ -318,7 +318,13 @@ def lstm_opt(
             meta_grads["init"] = jax.tree.map(jnp.zeros_like, meta_params["init"])
         return meta_grads, metrics
 
-    return MetaLearner(init=init, adapt=adapt, predict=predict, outer_grad=outer_grad)
+    return MetaLearner(
+        init=init,
+        adapt=adapt,
+        predict=predict,
+        outer_grad=outer_grad,
+        encoder_key="init" if start is None else None,
+    )
 
 
 @algos.register("lstm_opt", tasks=TASKS)

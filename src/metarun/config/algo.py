@@ -301,12 +301,14 @@ class BaselineConfig:
     name: str = MISSING
     fit_lr: float = 0.01  # the test-time fit's SGD step size
     momentum: float = 0.9  # its momentum (0: plain gradient steps)
+    dampening: float = 0.9  # its momentum's dampening (PyTorch's SGD; the authors' 0.9)
     weight_decay: float = 0.001  # its L2 weight decay
     finetune: bool = False  # fit the whole network to the support set, not only the new head
 
     def __post_init__(self) -> None:
         _check(self.fit_lr > 0, "algo.fit_lr", self.fit_lr, "must be > 0, e.g. 0.01")
         _check(0 <= self.momentum < 1, "algo.momentum", self.momentum, "must be in [0, 1)")
+        _check(0 <= self.dampening <= 1, "algo.dampening", self.dampening, "must be in [0, 1]")
         _check(self.weight_decay >= 0, "algo.weight_decay", self.weight_decay, "must be >= 0")
 
 
