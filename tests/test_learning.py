@@ -6,15 +6,17 @@ from metarun.train import train
 from tests.data import fixtures
 
 pytestmark = pytest.mark.slow
-STEPS = ["trainer.steps=4000", "trainer.log_every=500", "trainer.val_every=0", "eval.episodes=300"]
+STEPS = ["trainer.steps=20000", "trainer.log_every=500", "trainer.val_every=0", "eval.episodes=300"]
 
 
 def test_maml_adapts_and_beats_the_pretrained_baseline(make_config, tmp_path):
     maml = train(make_config(*STEPS), tmp_path / "maml")
-    # "Pretrained" baseline of the paper: the same network trained on the query loss of all
-    # tasks without adaptation (algo.inner_steps=0), then fine-tuned with the same 10 steps.
-    pretrained = train(make_config(*STEPS, "algo.inner_steps=0"), tmp_path / "pretrained")
-    # Measured (seed 0): MAML 3.15 -> 0.37 after 10 steps; pretrained 3.10 -> 2.48.
+    # The paper's "pretrained" network (algo=baseline, conf/preset/baseline_sinusoid.yaml):
+    # trained on the points of all tasks jointly, then fine-tuned with MAML's 10 steps.
+    pretrained = train(make_config(*STEPS, "algo=baseline"), tmp_path / "pretrained")
+    # Measured (seed 0): MAML 3.11 -> 0.11 after 10 steps; pretrained 3.09 -> 1.91. At 4000
+    # steps the pre-trained network diverges on some test tasks with the fine-tuning step
+    # chosen on validation at the full budget (scripts/sinusoid_pretraining.py): 20,000 here.
     assert maml["mean"] < 0.3 * maml["pre_adaptation_mean"], maml
     assert maml["mean"] < 0.5 * pretrained["mean"], (maml["mean"], pretrained["mean"])
 
@@ -66,6 +68,22 @@ def test_protonet_learns_omniglot_from_wider_training_episodes(make_config, omni
     result = train(config, tmp_path / "run")
     # Measured (seed 0): 90.4 ± 0.9%; chance is 20%. Threshold: 10 points under the measurement.
     assert result["mean"] >= 0.80, result
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["baseline", pytest.param("baseline_pp", marks=pytest.mark.extended)],
+)
+def test_a_pretrained_baseline_learns_omniglot(make_config, omniglot, tmp_path, name):
+    """Chen et al.'s Baseline and Baseline++ at the ProtoNet test's budget: batches of 20 × 6
+    images of the training classes, 100 steps; a new head fitted to each 5-way support set."""
+    config = make_config(
+        f"algo={name}", *omniglot, *METRIC, "data.train_ways=20", "trainer.steps=100", fast=False
+    )
+    result = train(config, tmp_path / "run")
+    # Measured (seed 0): Baseline 73.3 ± 1.5%, Baseline++ 76.3 ± 1.3%; chance is 20%.
+    # Threshold: 10 points under the lower measurement.
+    assert result["mean"] >= 0.63, result
 
 
 @pytest.mark.extended

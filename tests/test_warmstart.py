@@ -2,6 +2,7 @@
 classifier's width comes from the data), and ``trainer.init_from`` (metarun/warmstart.py)."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -173,3 +174,36 @@ def test_pretrain_then_meta_train_from_the_command_line(tmp_path):
     assert refused.returncode == 2
     assert "its layer Dense_0/bias has shape (40,), this run's (20,)" in refused.stderr
     assert not (tmp_path / "no").exists()
+
+
+def test_a_warm_started_run_resumes_without_the_other_run(tmp_path):
+    """Pre-train on sinusoid, meta-train MAML from it, stop after the checkpoint at step 20 of
+    40 (its step-40 checkpoint dropped), delete the pre-trained run and resume: the records,
+    result and parameters are those of the run done in one go."""
+    from tests.test_resume import copy_of, outcome
+
+    pre = tmp_path / "pre"
+    train(validate(compose([*FAST, "algo=baseline", "trainer.steps=20"])), pre)
+    overrides = [
+        *FAST,
+        "trainer.steps=40",
+        "trainer.checkpoint_every=20",
+        f"trainer.init_from={pre}",
+    ]
+    reference = tmp_path / "reference"
+    train(validate(compose(overrides)), reference)
+    start = init_state(build(validate(compose(overrides))), jax.random.PRNGKey(0))
+    saved = rundir.load_params(pre)
+    np.testing.assert_array_equal(
+        start.meta_params["Dense_0"]["kernel"], saved["Dense_0"]["kernel"]
+    )
+
+    run_dir = copy_of(reference, tmp_path, drop=(40,))
+    (run_dir / "result.json").unlink()
+    shutil.rmtree(pre)
+    train(validate(compose(overrides)), run_dir)
+    got, want = outcome(run_dir), outcome(reference)
+    assert got["result"] == want["result"] and got["records"] == want["records"]
+    for key in ("best", "final"):
+        for a, b in zip(got[key], want[key], strict=True):
+            np.testing.assert_array_equal(a, b)
