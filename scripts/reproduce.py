@@ -30,8 +30,11 @@ CPU tables of docs/results.md (the CPU budgets of ``scripts/omniglot_minimal1.sh
 * ``cpu-seeds``: MAML and ProtoNet, each in its paper's BatchNorm mode, over ``--seeds``.
 * ``cpu-bn-modes``: MAML and ProtoNet × the four ``model.bn_mode`` values, seed 0.
 * ``cpu-hallucinate``: ProtoNet without and with ``algo.hallucinate=2`` (Wang et al. 2018) at
-  5-way 1-shot, 5-way 5-shot and 20-way 1-shot, on ``cpu-seeds``' ProtoNet budget and
-  seeds (its 5-way 1-shot run is that table's, shared).
+  5-way 1-shot (``--seeds``; without: ``cpu-seeds``' runs, shared), 5-way 5-shot and 20-way
+  1-shot (seed 0), on ``cpu-seeds``' ProtoNet budget.
+* ``cpu-pretraining``: Baseline and Baseline++ (Chen et al. 2019) on ProtoNet's CPU budget,
+  beside MAML and ProtoNet (shared with ``cpu-seeds`` and ``cpu-hallucinate``), at 5-way
+  1-shot (``--seeds``), 5-way 5-shot and 20-way 1-shot (seed 0).
 """
 
 from __future__ import annotations
@@ -73,23 +76,58 @@ CPU_PROTONET = (
 )
 CPU_LOGGING = ("trainer.log_every=100", "trainer.val_every=200")
 MODES = ("transductive", "support", "task_norm", "running")
-PAPER_MODE = {"maml": "transductive", "protonet": "running"}  # conf/preset/*_omniglot.yaml
+# conf/preset/*_omniglot.yaml
+PAPER_MODE = {"maml": "transductive", "protonet": "running", "baseline": "running"}
 HALLUCINATE = "algo.hallucinate=2"  # imagined support examples per class
+
+
+# The settings of the CPU comparison tables: 5-way 1-shot over --seeds, the others the first.
+SHAPES = ((5, 1), (5, 5), (20, 1))
+
+
+def _shape(ways: int, shots: int) -> tuple[tuple[str, ...], str, tuple[int, ...] | None]:
+    """(overrides, name suffix, seeds) of a setting of :data:`SHAPES`."""
+    if (ways, shots) == (5, 1):
+        return (), "", None
+    return _ways_shots(ways, shots), f", {ways}-way {shots}-shot", (0,)
 
 
 def _hallucination_settings() -> tuple[Setting, ...]:
     """ProtoNet on its CPU budget without and with hallucination; the 5-way 1-shot run
     without is ``cpu-seeds``' (same name, same command)."""
     settings = []
-    for ways, shots in ((5, 1), (5, 5), (20, 1)):
-        shape = () if (ways, shots) == (5, 1) else _ways_shots(ways, shots)
-        suffix = "" if not shape else f", {ways}-way {shots}-shot"
+    for ways, shots in SHAPES:
+        shape, suffix, seeds = _shape(ways, shots)
         name = f"protonet, {PAPER_MODE['protonet']}"
-        settings.append(Setting(name + suffix, (*CPU_PROTONET, *shape)))
+        settings.append(Setting(name + suffix, (*CPU_PROTONET, *shape), seeds=seeds))
         hallucinating = (
             f"protonet, hallucinate {HALLUCINATE.split('=')[1]}, {PAPER_MODE['protonet']}"
         )
-        settings.append(Setting(hallucinating + suffix, (*CPU_PROTONET, *shape, HALLUCINATE)))
+        settings.append(
+            Setting(hallucinating + suffix, (*CPU_PROTONET, *shape, HALLUCINATE), seeds=seeds)
+        )
+    return tuple(settings)
+
+
+def _pretraining_settings() -> tuple[Setting, ...]:
+    """Baseline and Baseline++ on ProtoNet's CPU budget (each step one batch of as many images
+    as ProtoNet's training episode), beside MAML and ProtoNet on theirs; the MAML and ProtoNet
+    runs are ``cpu-seeds``' and ``cpu-hallucinate``'s (same names, same commands). MAML's
+    20-way runs take 4 tasks per step, the images per step of its 5-way budget (16 × 5 × 6)."""
+    settings = []
+    for ways, shots in SHAPES:
+        shape, suffix, seeds = _shape(ways, shots)
+        maml = tuple(
+            o.replace("meta_batch=16", "meta_batch=4") if ways == 20 else o for o in CPU_MAML
+        )
+        for algo, budget in (
+            ("maml", maml),
+            ("protonet", CPU_PROTONET),
+            ("baseline", ("algo=baseline", *CPU_PROTONET[1:])),
+            ("baseline_pp", ("algo=baseline_pp", *CPU_PROTONET[1:])),
+        ):
+            name = f"{algo}, {PAPER_MODE[algo.removesuffix('_pp')]}{suffix}"
+            settings.append(Setting(name, (*budget, *shape), seeds=seeds))
     return tuple(settings)
 
 
@@ -158,6 +196,7 @@ TABLES = {
         cpu=True,
     ),
     "cpu-hallucinate": Table("omniglot", _hallucination_settings(), CPU_LOGGING, cpu=True),
+    "cpu-pretraining": Table("omniglot", _pretraining_settings(), CPU_LOGGING, cpu=True),
 }
 
 

@@ -67,3 +67,24 @@ def test_the_hallucination_table_pairs_protonet_with_and_without_on_the_cpu_budg
         ("data.ways=5", "data.shots=5"),
         ("data.ways=20", "data.shots=1"),
     ]
+
+
+def test_the_pretraining_table_runs_the_baselines_on_protonets_budget():
+    """Baseline and Baseline++ take ProtoNet's CPU budget with the algorithm swapped; the MAML
+    and ProtoNet rows are the other tables' runs (same name, same command, so the same dir)."""
+    settings = {s.name: s for s in reproduce.TABLES["cpu-pretraining"].settings}
+    shared = [
+        *reproduce.TABLES["cpu-seeds"].settings,
+        *reproduce.TABLES["cpu-hallucinate"].settings,
+    ]
+    for other in shared:
+        if other.name in settings:
+            assert settings[other.name] == other
+    for suffix in ("", ", 5-way 5-shot", ", 20-way 1-shot"):
+        protonet = settings[f"protonet, running{suffix}"]
+        for algo in ("baseline", "baseline_pp"):
+            ours = settings[f"{algo}, running{suffix}"]
+            assert ours.overrides == (f"algo={algo}", *protonet.overrides[1:])
+            assert ours.seeds == protonet.seeds
+    assert "trainer.meta_batch=4" in settings["maml, transductive, 20-way 1-shot"].overrides
+    assert settings["baseline, running"].seeds is None  # 5-way 1-shot: every --seeds
