@@ -33,7 +33,17 @@ VARIANTS = [
         marks=pytest.mark.extended,
     ),
 ]
-ALGOS_AND_VARIANTS = [pytest.param(name, [], id=name) for name in ALGOS] + VARIANTS
+# Baseline++ is Baseline with cosine heads (the same pre-training path and test-time fit,
+# tests/algos/test_baseline.py checks the heads): make test runs Baseline's shared tests.
+TEST_ALL_ONLY = {"baseline_pp"}
+
+
+def _param(name: str, *values):
+    marks = [pytest.mark.extended] if name in TEST_ALL_ONLY else []
+    return pytest.param(name, *values, id=name, marks=marks)
+
+
+ALGOS_AND_VARIANTS = [_param(name, []) for name in ALGOS] + VARIANTS
 
 
 @pytest.fixture
@@ -117,7 +127,7 @@ def test_meta_step_compiles_once_and_lowers_the_loss(config_for, name, variant):
     assert last < 0.9 * first, (first, last)
 
 
-@pytest.mark.parametrize("name", ALGOS)
+@pytest.mark.parametrize("name", [_param(name) for name in ALGOS])
 def test_meta_step_is_deterministic_per_seed(config_for, name):
     exp = build(config_for(name, "optim.lr=0.003"))  # the program above: compiled once
     init_key, train_key = rng_streams(3)
