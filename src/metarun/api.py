@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metarun import algos, data
-from metarun.algos.base import adapt_and_predict
+from metarun.algos.base import adapt_and_predict, model_params
 from metarun.config import Config
 from metarun.types import DataSpec
 
@@ -90,12 +90,9 @@ def load(run_dir: str | os.PathLike) -> Learner:
     # the model's own shapes must be the config's.
     saved = rundir.saved_params_like(run_dir)
     like = meta_params_like(model, learner, spec)
-    model_part = (
-        (lambda p: p) if learner.encoder_key is None else (lambda p: p[learner.encoder_key])
-    )
     expected, found = (jax.tree.map(lambda a: a.shape, p) for p in (like, saved))
     same_model = jax.tree.structure(saved) == jax.tree.structure(like) and (
-        model_part(expected) == model_part(found)
+        model_params(expected, learner) == model_params(found, learner)
     )
     if not same_model:
         raise ValueError(

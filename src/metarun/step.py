@@ -17,7 +17,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from metarun import algos, models, warmstart
-from metarun.algos.base import outer_grad
+from metarun.algos.base import model_params, outer_grad
 from metarun.experiment import Experiment, init_meta_params
 from metarun.models.conv4 import RUNNING_MOMENTUM
 from metarun.types import PRNGKey
@@ -104,7 +104,7 @@ def _update_running_stats(exp: Experiment, before, after, episodes):
     the statistics of the meta-batch's images under ``before`` (the ones differentiated)."""
     key = exp.learner.encoder_key
     images = jnp.concatenate([episodes.support_x, episodes.query_x], axis=1)
-    old, new = (before, after) if key is None else (before[key], after[key])
+    old, new = model_params(before, exp.learner), model_params(after, exp.learner)
     updated = models.update_running_stats(exp.model, old, images, RUNNING_MOMENTUM, into=new)
     return updated if key is None else {**after, key: updated}
 

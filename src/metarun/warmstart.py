@@ -24,17 +24,12 @@ from typing import Any
 import jax
 
 from metarun import data, rundir
-from metarun.algos.base import MetaLearner
+from metarun.algos.base import MetaLearner, model_params
 from metarun.config import Config, ConfigError
 from metarun.experiment import make_learners
 from metarun.models.conv4 import BN_MODE_PARAMS
 
 HEAD = "head"
-
-
-def _model_part(meta_params, learner: MetaLearner):
-    """The model's parameters in ``meta_params`` (``learner.encoder_key``)."""
-    return meta_params if learner.encoder_key is None else meta_params[learner.encoder_key]
 
 
 def _source(run_dir: Path):
@@ -46,7 +41,7 @@ def _source(run_dir: Path):
         raise ConfigError(f"trainer.init_from={run_dir} is invalid: {err}") from None
     _, learner, _ = make_learners(config, data.spec(config.data))
     saved = rundir.saved_params_like(run_dir)
-    return _model_part(saved, learner), learner
+    return model_params(saved, learner), learner
 
 
 def _leaves(params) -> dict[str, Any]:
@@ -92,20 +87,20 @@ def check(config: Config, like, learner: MetaLearner) -> None:
             "functions to minimise, with no model whose encoder a run could start from"
         )
     source, _ = _source(run_dir)
-    _shared(_model_part(like, learner), source, run_dir)
+    _shared(model_params(like, learner), source, run_dir)
 
 
 def init_from(run_dir: Path, meta_params, learner: MetaLearner):
     """``meta_params`` with the encoder of the finished run in ``run_dir``."""
     source_like, source_learner = _source(run_dir)
-    shared = _shared(_model_part(meta_params, learner), source_like, run_dir)
-    saved = _leaves(_model_part(rundir.load_params(run_dir), source_learner))
+    shared = _shared(model_params(meta_params, learner), source_like, run_dir)
+    saved = _leaves(model_params(rundir.load_params(run_dir), source_learner))
 
     def take(path, leaf):
         name = "/".join(str(k.key) for k in path)
         return saved[name].astype(leaf.dtype) if name in shared else leaf
 
-    model = jax.tree_util.tree_map_with_path(take, _model_part(meta_params, learner))
+    model = jax.tree_util.tree_map_with_path(take, model_params(meta_params, learner))
     if learner.encoder_key is None:
         return model
     return {**meta_params, learner.encoder_key: model}

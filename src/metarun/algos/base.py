@@ -76,6 +76,11 @@ class MetaLearner(NamedTuple):
     trains_on: str = "episodes"
 
 
+def model_params(meta_params: MetaParams, learner: MetaLearner) -> Params:
+    """The model's parameters within ``meta_params`` (``learner.encoder_key``)."""
+    return meta_params if learner.encoder_key is None else meta_params[learner.encoder_key]
+
+
 def drop_head(params: Params, key: PRNGKey = None, episode: Episode | None = None) -> Params:
     """``init`` for learners that use the model's features only (``Network.embed``)."""
     del key, episode
