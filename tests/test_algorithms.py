@@ -1,10 +1,12 @@
 """Properties every registered algorithm must have (like optax's shared optimizer tests)."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from metarun.algos import FITS, algos, inner_steps, outer_grad
+from metarun.algos.base import map_chunks
 from metarun.experiment import build, rng_streams
 from metarun.step import init_state, make_meta_step
 from metarun.types import TASKS
@@ -107,6 +109,55 @@ def test_vmapped_meta_batch_equals_python_loop(config_for, name, variant):
         flat(batched), np.mean([flat(g) for g, _ in looped], 0), rtol=2e-4, atol=1e-6
     )
     np.testing.assert_allclose(metrics["loss"], np.mean([m["loss"] for _, m in looped]), rtol=1e-5)
+
+
+def test_map_chunks_returns_every_task_in_order():
+    tasks = {"x": jnp.arange(12.0), "y": jnp.arange(24.0).reshape(12, 2)}
+    fn = jax.vmap(lambda t: {"x": 2 * t["x"], "s": t["y"].sum()})
+    whole = fn(tasks)
+    for chunk in (1, 3, 4, 12, 0):
+        chunked = jax.jit(lambda t, c=chunk: map_chunks(fn, t, c))(tasks)
+        np.testing.assert_array_equal(chunked["x"], whole["x"])
+        np.testing.assert_array_equal(chunked["s"], whole["s"])
+    with pytest.raises(ValueError, match="a chunk of 5 tasks does not divide the 12 tasks"):
+        map_chunks(fn, tasks, 5)
+
+
+@pytest.mark.parametrize(
+    "name, overrides",
+    [
+        pytest.param("maml", ["algo.inner_steps=2", "trainer.meta_batch=8"], id="maml-sinusoid"),
+        # Per-task convolution weights after adaptation, max-pooling, BatchNorm's averages.
+        pytest.param(  # 25 s: make test-all
+            "maml",
+            ["model.strided=false", "model.bn_mode=running"],
+            id="maml-omniglot-maxpool",
+            marks=pytest.mark.extended,
+        ),
+        pytest.param("protonet", [], id="protonet-omniglot", marks=pytest.mark.extended),
+    ],
+)
+def test_meta_step_in_task_chunks_equals_the_whole_meta_batch(
+    config_for, omniglot, name, overrides
+):
+    """``trainer.task_chunk``: the same meta-step, run 2 tasks at a time (float summation order
+    aside)."""
+    images = [*omniglot, *IMAGES] if "model.strided=false" in overrides else []
+    # SGD: Adam's m / sqrt(v) would turn rounding differences in near-zero gradient components
+    # into whole steps of either sign.
+    sgd = ["optim=sgd", "optim.lr=0.01"]
+    states = []
+    for chunk in (0, 2):
+        exp = build(config_for(name, *images, *overrides, *sgd, f"trainer.task_chunk={chunk}"))
+        init_key, train_key = rng_streams(0)
+        state = init_state(exp, init_key)
+        step, sample = jax.jit(make_meta_step(exp)), exp.source.samplers["train"]
+        for _ in range(2):
+            state, metrics = step(state, train_key, sample)
+        states.append((flat(state.meta_params), float(metrics["loss"])))
+    (whole, whole_loss), (chunked, chunked_loss) = states
+    assert chunked_loss == pytest.approx(whole_loss, rel=1e-5)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("name, variant", ALGOS_AND_VARIANTS)

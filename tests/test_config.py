@@ -111,6 +111,7 @@ def test_defaults_are_the_paper_setting():
         ("algo.inner_lr=-0.5", "algo.inner_lr=-0.5 is invalid"),
         ("algo.inner_steps=-1", "algo.inner_steps=-1 is invalid"),
         ("trainer.meta_batch=0", "trainer.meta_batch=0 is invalid: must be >= 1"),
+        ("trainer.task_chunk=-1", "trainer.task_chunk=-1 is invalid: must be >= 0 tasks"),
         ("trainer.steps=-5", "trainer.steps=-5 is invalid"),
         ("trainer.val_every=7", "trainer.val_every=7 is invalid: must be 0 or a multiple of"),
         ("optim.lr=0", "optim.lr=0.0 is invalid"),

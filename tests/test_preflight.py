@@ -52,6 +52,14 @@ OMNIGLOT = ["data=omniglot", f"data.root={fixtures.OMNIGLOT_DIR}", "data.split=m
             ["algo=snail", *OMNIGLOT, "trainer.precision=bf16"],
             "trainer.precision=bf16 is invalid with algo=snail and data=omniglot",
         ),
+        (
+            ["algo=reptile", "trainer.task_chunk=5"],
+            "trainer.task_chunk=5 is invalid with algo=reptile: it computes its own meta-update",
+        ),
+        (
+            ["algo=maml", "trainer.task_chunk=4"],
+            "trainer.task_chunk=4 is invalid: it must divide each device's 25 tasks",
+        ),
     ],
     ids=[
         "per-step-bn-mlp",
@@ -62,6 +70,8 @@ OMNIGLOT = ["data=omniglot", f"data.root={fixtures.OMNIGLOT_DIR}", "data.split=m
         "bn-mode",
         "bf16-quadratic",
         "bf16-snail",
+        "task-chunk-reptile",
+        "task-chunk-divides",
     ],
 )
 def test_a_refused_config_leaves_the_run_dir_untouched(tmp_path, overrides, message):

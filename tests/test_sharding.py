@@ -88,7 +88,9 @@ CLI_RUN = [
 def test_the_cli_trains_validates_tests_and_resumes_on_four_devices(tmp_path, compile_once):
     """The real entry point with its guards (transfer_guard, checkpoints, resume), as a
     multi-GPU node runs it by default (trainer.devices=all): the step test above passed
-    while the CLI crashed on the first step."""
+    while the CLI crashed on the first step. The four-device runs take their tasks in chunks
+    (``trainer.task_chunk=1``: two chunks of one task per device) and still give the numbers
+    of one device adapting all eight at once."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", **compile_once}
     env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
     metarun = str(Path(sys.executable).with_name("metarun"))
@@ -105,7 +107,8 @@ def test_the_cli_trains_validates_tests_and_resumes_on_four_devices(tmp_path, co
         assert proc.returncode == 0, proc.stderr
         return json.loads((run_dir / "result.json").read_text())
 
-    four = run(tmp_path / "four")
+    chunks = "trainer.task_chunk=1"
+    four = run(tmp_path / "four", chunks)
     log = (tmp_path / "four" / "cli.log").read_text()
     assert "compiled in" in log and "for 4 device(s)" in log
     records = [json.loads(x) for x in (tmp_path / "four/metrics.jsonl").read_text().splitlines()]
@@ -116,7 +119,7 @@ def test_the_cli_trains_validates_tests_and_resumes_on_four_devices(tmp_path, co
     shutil.copytree(tmp_path / "four", resumed)
     shutil.rmtree(resumed / "checkpoints/state/40")
     (resumed / "result.json").unlink()
-    again = run(resumed)
+    again = run(resumed, chunks)
     timing = {"prepare_sec", "compile_sec", "train_sec", "tasks_per_sec"}
     assert {k: v for k, v in again.items() if k not in timing} == {
         k: v for k, v in four.items() if k not in timing
@@ -135,3 +138,9 @@ def test_device_counts_that_cannot_work_are_named():
     ):
         task_mesh("64", meta_batch=64)
     assert task_mesh("all", meta_batch=5).size == 1
+    with pytest.raises(
+        ConfigError,
+        match=r"trainer.task_chunk=3 is invalid: it must divide each device's 8 tasks "
+        r"\(trainer.meta_batch=8 over 1 device\(s\)\)",
+    ):
+        task_mesh("1", meta_batch=8, task_chunk=3)

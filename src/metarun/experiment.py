@@ -68,7 +68,7 @@ def check(config: Config) -> None:
     spec = data.spec(config.data)
     model, learner, _ = make_learners(config, spec)
     like = meta_params_like(model, learner, spec)
-    task_mesh(config.trainer.devices, config.trainer.meta_batch)
+    task_mesh(config.trainer.devices, config.trainer.meta_batch, config.trainer.task_chunk)
     if config.trainer.init_from:
         from metarun import warmstart  # it builds the other run's learner with make_learners
 
@@ -90,6 +90,12 @@ def make_learners(config: Config, spec: DataSpec) -> Learners:
             f"data.train_ways={train_ways} is invalid with algo={config.algo.name}: its model "
             f"has a head of data.ways={ways} outputs; train with data.ways classes, or use a "
             "metric-based learner (protonet, matchingnet, relationnet, siamese)"
+        )
+    if config.trainer.task_chunk and learner.outer_grad is not None:
+        raise ConfigError(
+            f"trainer.task_chunk={config.trainer.task_chunk} is invalid with "
+            f"algo={config.algo.name}: it computes its own meta-update rather than the shared "
+            "query loss that task_chunk splits; use trainer.task_chunk=0"
         )
     if config.trainer.precision == "bf16" and not learner.bf16:
         raise ConfigError(
@@ -141,9 +147,9 @@ def example_episode(spec: DataSpec) -> Episode:
     return Episode(x, y, x, y, ways=ways)
 
 
-def task_mesh(devices: str, meta_batch: int) -> Mesh:
+def task_mesh(devices: str, meta_batch: int, task_chunk: int = 0) -> Mesh:
     """A 1-D mesh over ``trainer.devices`` devices (of every process of a multi-process run);
-    the meta-batch is split along it."""
+    the meta-batch is split along it, each device's share in chunks of ``trainer.task_chunk``."""
     local = jax.devices()
     n = len(local) if devices == "all" else int(devices)
     if n > len(local):
@@ -155,6 +161,11 @@ def task_mesh(devices: str, meta_batch: int) -> Mesh:
         raise ConfigError(
             f"trainer.meta_batch={meta_batch} is invalid: it must be a multiple of the "
             f"{n} devices of trainer.devices={devices}"
+        )
+    if task_chunk and (meta_batch // n) % task_chunk:
+        raise ConfigError(
+            f"trainer.task_chunk={task_chunk} is invalid: it must divide each device's "
+            f"{meta_batch // n} tasks (trainer.meta_batch={meta_batch} over {n} device(s))"
         )
     # Auto axes: XLA propagates the split from the keys to everything computed from them.
     auto = (jax.sharding.AxisType.Auto,)

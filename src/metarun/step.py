@@ -69,6 +69,8 @@ def make_meta_step(exp: Experiment, mesh: Mesh | None = None):
     inner_steps = algos.inner_steps(exp.learner, exp.config.algo)
     skip_nan = exp.config.trainer.nan_policy == "skip"
     running = models.bn_mode(exp.model) == "running"
+    # trainer.task_chunk is per device: each device runs its share of every chunk.
+    task_chunk = exp.config.trainer.task_chunk * (mesh.size if mesh is not None else 1)
 
     def meta_step(state: TrainState, train_key: PRNGKey, sample):
         key = jax.random.fold_in(train_key, state.step)
@@ -77,7 +79,13 @@ def make_meta_step(exp: Experiment, mesh: Mesh | None = None):
             keys = jax.lax.with_sharding_constraint(keys, NamedSharding(mesh, P("tasks")))
         episodes = jax.vmap(sample)(keys)
         grads, metrics = outer_grad(
-            exp.learner, exp.source.objective, state.meta_params, episodes, inner_steps, state.step
+            exp.learner,
+            exp.source.objective,
+            state.meta_params,
+            episodes,
+            inner_steps,
+            state.step,
+            task_chunk,
         )
         updates, opt_state = exp.optimizer.update(grads, state.opt_state, state.meta_params)
         meta_params = optax.apply_updates(state.meta_params, updates)

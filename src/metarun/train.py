@@ -176,7 +176,7 @@ def _place(exp: Experiment, warm_start: bool) -> _Placed:
     # Step s samples its tasks from fold_in(train_key, s), a pure function of config.seed and
     # s: a checkpoint needs only the step to continue the same stream of training tasks.
     init_key, train_key = rng_streams(exp.config.seed)
-    mesh = task_mesh(trainer.devices, trainer.meta_batch)
+    mesh = task_mesh(trainer.devices, trainer.meta_batch, trainer.task_chunk)
     state = replicate(init_state(exp, init_key, warm_start), mesh)
     # Every input of the compiled step lives on the mesh: the step runs under
     # transfer_guard("disallow"), which refuses even a device-to-device copy of the key.

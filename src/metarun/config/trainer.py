@@ -17,6 +17,10 @@ class TrainerConfig:
     progress: bool = True  # show a progress bar
     devices: str = "all"  # split each meta-batch over this many devices ("all" or N)
     precision: str = "fp32"  # bf16: forward passes in bfloat16, float32 master weights
+    # Tasks each device adapts at once (0 = its whole share of the meta-batch): the meta-batch
+    # then runs as a loop of chunks, each recomputed on the backward pass (algos/base.py
+    # outer_loss). Less memory, and faster where the activations then stay in cache (CPU).
+    task_chunk: int = 0
     # Join other processes: auto (when SLURM starts several tasks), on, off.
     distributed: str = "auto"
     coordinator: str = ""  # host:port of process 0, for distributed=on outside SLURM
@@ -50,6 +54,12 @@ class TrainerConfig:
             "trainer.devices",
             self.devices,
             "must be all or a device count >= 1",
+        )
+        _check(
+            self.task_chunk >= 0,
+            "trainer.task_chunk",
+            self.task_chunk,
+            "must be >= 0 tasks (0 = the whole meta-batch at once)",
         )
         _check_choice("trainer.distributed", self.distributed, ("auto", "on", "off"))
         _check_choice("trainer.precision", self.precision, ("fp32", "bf16"))
