@@ -203,6 +203,21 @@ def test_unknown_key_and_wrong_type_fail_at_composition():
             {"algo.inner_steps": 12, "optim.clip_norm": 0.25},
         ),
         (["data=omniglot", "algo=meta_lstm"], {"algo.inner_steps": 15, "trainer.meta_batch": 1}),
+        # ProtoNets' and Matching Networks' 64-filter Conv-4 (preset_model/), and their
+        # mini-ImageNet presets with ResNet-12, which has no filters.
+        (
+            ["data=mini_imagenet", "algo=protonet"],
+            {"model.filters": 64, "model.bn_mode": "running", "data.train_ways": 30},
+        ),
+        (
+            ["data=mini_imagenet", "algo=protonet", "model=resnet12"],
+            {"model.name": "resnet12", "model.bn_mode": "running", "data.train_ways": 30},
+        ),
+        (["data=mini_imagenet", "algo=matchingnet"], {"model.filters": 64, "algo.fce": True}),
+        (
+            ["data=mini_imagenet", "algo=matchingnet", "model=resnet12"],
+            {"model.name": "resnet12", "algo.fce": True},
+        ),
     ],
 )
 def test_paper_presets_apply_and_the_command_line_wins(overrides, expected):
