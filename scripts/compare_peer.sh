@@ -5,6 +5,7 @@
 # is built outside the repo (../shared/peer/setup_peer.sh PEER_VENV; its README says why each
 # step is needed), and neither is part of make test.
 #   scripts/compare_peer.sh PEER_VENV [ROUNDS] [WORKLOAD ...]
+#   SET=trainer.task_chunk=2 scripts/compare_peer.sh PEER_VENV   # an override on metarun's side
 # Same network, episodes and meta-batch on both sides: 5-way, 15 queries per class, meta-batch
 # 32, one inner step of α = 0.4 (MAML's Omniglot setting), BatchNorm with batch statistics;
 # metarun samples real Omniglot minimal1 episodes on the device, the peer random images of the
@@ -42,8 +43,8 @@ workloads=("${@:-${order[@]}}")
 for round in $(seq "$rounds"); do
   for name in "${workloads[@]}"; do
     # shellcheck disable=SC2086  # the argument strings are split on purpose
-    line=$("$bin/python" scripts/bench.py ${ours[$name]} --omniglot "$omniglot" \
-      --out /dev/null | tail -1)
+    line=$("$bin/python" scripts/bench.py ${ours[$name]} ${SET:+--set $SET} \
+      --omniglot "$omniglot" --out /dev/null | tail -1)
     echo "{\"round\": $round, \"name\": \"$name\", \"side\": \"metarun\", \"result\": $line}" >> "$out"
     # shellcheck disable=SC2086
     line=$("$peer_venv/bin/python" "$peer" ${theirs[$name]} --steps 20 --warmup 3 --threads 2 \
@@ -54,11 +55,11 @@ for round in $(seq "$rounds"); do
 done
 
 "$bin/python" - "$out" "$rounds" "${workloads[@]}" <<'EOF'
-import json, statistics, sys
+import json, os, statistics, sys
 
 path, rounds, names = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 lines = [json.loads(line) for line in open(path)][-2 * rounds * len(names):]
-print(f"\nmedian tasks/s over {rounds} alternating rounds ({path})\n")
+print(f"\nmedian tasks/s over {rounds} alternating rounds ({path}); SET={os.environ.get('SET', '')}\n")
 print("| workload | metarun tasks/s | learn2learn tasks/s | ratio | peer's foreign CPU (max) |")
 print("|---|---|---|---|---|")
 for name in names:

@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
 
-    _, _, meta_step, _, state, train_key, sample = prepare(
+    _, _, meta_step, _, state, train_key, sample, _ = prepare(
         args.workload, 5, args.omniglot, args.overrides
     )
 

@@ -16,7 +16,8 @@ A meta-learner is a tuple of pure functions (in the spirit of optax's
   or changes during training (``step``: the outer updates done, an int32 scalar).
 
 The shared outer objective adapts on each support set, scores on the query set,
-and averages over the tasks of a meta-batch with ``jax.vmap``:
+and averages over the tasks of a meta-batch with ``jax.vmap`` (``trainer.task_chunk``: a
+chunk of tasks at a time, :func:`map_chunks`):
 
     L(θ) = 1/T Σ_t L_query_t(adapt(θ, support_t)).
 
