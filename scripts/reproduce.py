@@ -32,6 +32,13 @@ CPU tables of docs/results.md (the CPU budgets of ``scripts/omniglot_minimal1.sh
 * ``cpu-hallucinate``: ProtoNet without and with ``algo.hallucinate=2`` (Wang et al. 2018) at
   5-way 1-shot (``--seeds``; without: ``cpu-seeds``' runs, shared), 5-way 5-shot and 20-way
   1-shot (seed 0), on ``cpu-seeds``' ProtoNet budget.
+* ``cpu-l2rw``: Learning to Reweight Examples (Ren et al. 2018) against plain training, with
+  and without the clean set, on one 100-class Omniglot problem with 40% of the training labels
+  flipped (conf/preset/l2rw_omniglot.yaml and erm_omniglot.yaml, the same data and budget),
+  over ``--seeds``; the test is the clean test drawings.
+* ``cpu-mldg``: MLDG (Li et al. 2018) against plain training on all five source domains on
+  rotated Omniglot (100 characters turned by 0°, 15°, ..., 75°; the 75° domain unseen in
+  training; conf/preset/mldg_omniglot.yaml for both), over ``--seeds``.
 * ``cpu-pretraining``: Baseline and Baseline++ (Chen et al. 2019) on ProtoNet's CPU budget,
   beside MAML and ProtoNet (shared with ``cpu-seeds`` and ``cpu-hallucinate``), at 5-way
   1-shot (``--seeds``), 5-way 5-shot and 20-way 1-shot (seed 0).
@@ -197,6 +204,26 @@ TABLES = {
     ),
     "cpu-hallucinate": Table("omniglot", _hallucination_settings(), CPU_LOGGING, cpu=True),
     "cpu-pretraining": Table("omniglot", _pretraining_settings(), CPU_LOGGING, cpu=True),
+    "cpu-l2rw": Table(
+        "omniglot",
+        (
+            Setting("plain training", ("algo=erm",)),
+            Setting("l2rw", ("algo=l2rw",)),
+            Setting("plain training + clean set", ("algo=erm", "algo.with_query=true")),
+        ),
+        cpu=True,
+    ),
+    "cpu-mldg": Table(
+        "omniglot",
+        (
+            Setting(
+                "plain training, five source domains",
+                ("algo=erm", "preset=mldg_omniglot", "algo.with_query=true"),
+            ),
+            Setting("mldg", ("algo=mldg",)),
+        ),
+        cpu=True,
+    ),
 }
 
 

@@ -92,3 +92,27 @@ NARROW = {
     # the sinusoid MLP takes 0.25 s here.
     "meta_lstm": ["algo.inner_steps=2", "algo.hidden=4", "trainer.meta_batch=10"],
 }
+
+
+def classifier_apply(params, x, context=None):
+    """A two-layer tanh classifier (``w1``, ``w2``, ``b``), smooth for finite differences."""
+    return jnp.tanh(x @ params["w1"]) @ params["w2"] + params["b"]
+
+
+def classification_problem(seed: int, n: int = 6, m: int = 5, features: int = 3, classes: int = 4):
+    """Random parameters of :func:`classifier_apply` and a batch (float64 under x64): ``n``
+    examples in ``support``, ``m`` in ``query``."""
+    rng = np.random.default_rng(seed)
+    params = {
+        "w1": jnp.asarray(rng.normal(size=(features, 5))),
+        "w2": jnp.asarray(rng.normal(size=(5, classes))),
+        "b": jnp.asarray(0.1 * rng.normal(size=classes)),
+    }
+    batch = Episode(
+        jnp.asarray(rng.normal(size=(n, features))),
+        jnp.asarray(rng.integers(0, classes, n), jnp.int32),
+        jnp.asarray(rng.normal(size=(m, features))),
+        jnp.asarray(rng.integers(0, classes, m), jnp.int32),
+        ways=classes,
+    )
+    return params, batch

@@ -9,7 +9,7 @@ from metarun.algos import FITS, algos, inner_steps, outer_grad
 from metarun.algos.base import map_chunks
 from metarun.experiment import build, rng_streams
 from metarun.step import init_state, make_meta_step
-from metarun.types import TASKS
+from metarun.types import FIXED_CLASSES
 from tests.helpers import NARROW, flat, task
 
 ALGOS = algos.names()
@@ -24,6 +24,10 @@ IMAGES = [
     "model.filters=8",
     "trainer.meta_batch=8",
 ]
+# Learners of one classifier over fixed classes (data.protocol=supervised or domains, as their
+# presets): 10 Omniglot characters, batches of 16.
+SUPERVISED = {"erm": FIXED_CLASSES, "l2rw": ("supervised",), "mldg": ("domains",)}
+SUPERVISED_DATA = ["data.ways=10", "data.batch_size=16", "model.filters=8"]
 # Options that change what a learner meta-learns run the shared tests of the meta-step too:
 # every algorithm as configured, then each variant (name, its overrides).
 VARIANTS = [
@@ -58,6 +62,8 @@ def config_for(make_config, request):
         if name in LEARNED_OPTIMIZERS:
             return make_config(f"algo={name}", *NARROW.get(name, []), *overrides)
         omniglot = request.getfixturevalue("omniglot")
+        if name in SUPERVISED:
+            return make_config(f"algo={name}", *omniglot, *SUPERVISED_DATA, *overrides)
         return make_config(f"algo={name}", *omniglot, *IMAGES, *NARROW.get(name, []), *overrides)
 
     return make
@@ -74,7 +80,8 @@ def test_every_yaml_is_registered():
 def test_each_algorithm_declares_the_data_it_learns_from():
     """The table ``algos.check_data`` reads, the one place where algorithms and datasets meet:
     the metric-based and black-box learners compare classes, only the learned optimizer
-    descends a function itself, every other learner fits its model to any data."""
+    descends a function itself, the supervised learners train one classifier over fixed
+    classes, every other learner fits its model to any data."""
     classifiers = {
         "baseline_pp",
         "mann",
@@ -85,7 +92,9 @@ def test_each_algorithm_declares_the_data_it_learns_from():
         "snail",
     }
     for name in ALGOS:
-        expected = TASKS if name == "lstm_opt" else FITS
+        expected = (*FITS, "minimisation") if name == "lstm_opt" else FITS
+        if name in SUPERVISED:
+            expected = SUPERVISED[name]
         assert algos.tasks[name] == (("classification",) if name in classifiers else expected)
 
 
@@ -178,7 +187,18 @@ def test_meta_step_compiles_once_and_lowers_the_loss(config_for, name, variant):
     assert last < 0.9 * first, (first, last)
 
 
-@pytest.mark.parametrize("name", [_param(name) for name in ALGOS])
+# Determinism is the loop's (one program, keys folded from the step): make test checks one
+# learner of each kind, make test-all every one.
+DETERMINISM = {"maml", "protonet", "mann", "lstm_opt", "baseline", "l2rw"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, id=name, marks=[] if name in DETERMINISM else [pytest.mark.extended])
+        for name in ALGOS
+    ],
+)
 def test_meta_step_is_deterministic_per_seed(config_for, name):
     exp = build(config_for(name, "optim.lr=0.003"))  # the program above: compiled once
     init_key, train_key = rng_streams(3)

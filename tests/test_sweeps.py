@@ -123,59 +123,41 @@ def test_wrong_direction_stops_the_sweep_before_training(tmp_path):
     assert not list((tmp_path / "sweep").glob("*/result.json"))
 
 
-def test_optuna_sweep_writes_the_best_of_its_trials(tmp_path):
-    sweep_dir = tmp_path / "sweep"
-    proc = run(
-        "-m",
-        "+sweep=maml_lr",
-        "hydra.sweeper.n_trials=3",
-        *TINY,
-        f"hydra.sweep.dir={sweep_dir}",
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert not (tmp_path / "multirun").exists() and not (tmp_path / "outputs").exists()
-    rows = trials(sweep_dir)
-    assert len(rows) == 3 and len({r[1] for r in rows}) == 3  # three different trials
-    _, sweeper = compose_with_hydra("+sweep=maml_lr")
-    space = search_space(sweeper)
-    for params, _, _ in rows:
-        assert all(space[k][0] <= v <= space[k][1] for k, v in params.items()), params
-    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
-    assert best["name"] == "optuna"
-    # The lowest validation mse (trainer.val_every=0: a validation pass after training).
-    assert best["best_value"] == pytest.approx(min(val for _, val, _ in rows), rel=1e-12)
-    best_params = min(rows, key=lambda r: r[1])[0]
-    assert best["best_params"] == pytest.approx(best_params, rel=1e-12)
-
-
 def test_the_sweeper_selects_on_validation_never_on_test(tmp_path):
     """Each trial hands Optuna its run's validation figure (validation on, as in a real sweep:
     the best validation step's), not the test mean, which only the report shows. The study
-    is kept in sqlite in the sweep dir, where every trial's value can be read back."""
+    is kept in sqlite in the sweep dir, where every trial's value can be read back. Each trial
+    draws its values from the search space, and the sweep writes the best of them."""
     sweep_dir = tmp_path / "sweep"  # does not exist yet: the SweepDir callback makes it
     proc = run(
         "-m",
         "+sweep=maml_lr",
-        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_trials=3",
         *FAST,
         f"hydra.sweep.dir={sweep_dir}",
         "hydra.sweeper.storage=sqlite:///${hydra.sweep.dir}/optuna.db",
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "multirun").exists() and not (tmp_path / "outputs").exists()
     rows = trials(sweep_dir)
-    assert len(rows) == 2
+    assert len(rows) == 3 and len({r[1] for r in rows}) == 3  # three different trials
+    space = search_space(compose_with_hydra("+sweep=maml_lr")[1])
+    for params, _, _ in rows:
+        assert all(space[k][0] <= v <= space[k][1] for k, v in params.items()), params
     assert all(val != test for _, val, test in rows)  # the figures tell the two apart
     study = optuna.load_study(study_name="maml_lr", storage=f"sqlite:///{sweep_dir}/optuna.db")
-    assert len(study.trials) == 2
+    assert len(study.trials) == 3
     for trial in study.trials:
         assert trial.state == optuna.trial.TrialState.COMPLETE
         [(val, test)] = [(v, t) for p, v, t in rows if p == pytest.approx(trial.params, rel=1e-12)]
         assert trial.value == pytest.approx(val, rel=1e-12) and trial.value != test
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert best["name"] == "optuna"
     assert best["best_value"] == pytest.approx(min(val for _, val, _ in rows), rel=1e-12)
     assert best["best_value"] not in [test for _, _, test in rows]
+    best_params = min(rows, key=lambda r: r[1])[0]
+    assert best["best_params"] == pytest.approx(best_params, rel=1e-12)
 
 
 def test_submitit_local_launcher_runs_both_jobs(tmp_path):

@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 from metarun import algos, data, models, optim
 from metarun.algos.base import MetaLearner
 from metarun.config import Config, ConfigError
-from metarun.types import DataSpec, Episode, PRNGKey, TaskSource
+from metarun.types import FIXED_CLASSES, DataSpec, Episode, PRNGKey, TaskSource
 
 
 class Learners(NamedTuple):
@@ -138,7 +138,8 @@ def meta_params_like(model: nn.Module, learner: MetaLearner, spec: DataSpec) -> 
 def example_episode(spec: DataSpec) -> Episode:
     """An episode of ``spec``'s shapes and dtypes, one example per class: enough for
     :func:`jax.eval_shape` of :func:`init_meta_params` (no data, nothing computed)."""
-    ways = spec.output_dim if spec.objective.task == "classification" else 0
+    classes = ("classification", *FIXED_CLASSES)
+    ways = spec.output_dim if spec.objective.task in classes else 0
     n = max(ways, 1)
     x = jax.ShapeDtypeStruct((n, *spec.input_shape), jnp.float32)
     y = jax.ShapeDtypeStruct(

@@ -39,7 +39,12 @@ class Episode:
 
 # What a dataset's tasks are (``Objective.task``), and what an algorithm declares it learns
 # from (``algos.register(name, tasks=...)``); ``algos.check_data`` compares the two.
-TASKS = ("regression", "classification", "minimisation")
+# "supervised" and "domains": one classification problem over fixed classes, its "tasks"
+# mini-batches, no adaptation at test (``data.protocol``, data/supervised.py); "domains": drawn
+# from several domains, the batches split into meta-train and meta-test domains.
+TASKS = ("regression", "classification", "minimisation", "supervised", "domains")
+# The tasks of one classifier over fixed classes, each the name of its data.protocol.
+FIXED_CLASSES = ("supervised", "domains")
 
 
 class Optimizee(NamedTuple):
@@ -100,6 +105,8 @@ REGRESSION = Objective(mse, _regression_metrics, "mse", maximize=False, task="re
 CLASSIFICATION = Objective(
     cross_entropy, _classification_metrics, "accuracy", maximize=True, task="classification"
 )
+SUPERVISED = CLASSIFICATION._replace(task="supervised")
+DOMAINS = CLASSIFICATION._replace(task="domains")
 
 
 class DataSpec(NamedTuple):

@@ -12,7 +12,7 @@ Algorithms know no dataset: what a dataset's tasks are comes in its
 
 from metarun.config import ConfigError
 from metarun.registry import Registry
-from metarun.types import Objective
+from metarun.types import FIXED_CLASSES, Objective
 
 # The tasks a learner takes unless it says otherwise: it fits a model to data, whatever the
 # targets.
@@ -36,12 +36,15 @@ algos = _Algos()
 from metarun.algos import (  # noqa: E402,F401  (register)
     anil,
     baseline,
+    erm,
+    l2rw,
     lstm_opt,
     maml,
     mann,
     matchingnet,
     meta_lstm,
     metasgd,
+    mldg,
     protonet,
     relationnet,
     reptile,
@@ -68,6 +71,19 @@ def check_data(name: str, data: str, objective: Objective) -> None:
             f"algo={name} is invalid with data={data}: a task is a function to minimise, "
             "with no model to fit or support set to generalise from; allowed algorithms: "
             f"{', '.join(allowed)}"
+        )
+    if task in FIXED_CLASSES:
+        allowed = [other for other in algos.names() if task in algos.tasks[other]]
+        raise ConfigError(
+            f"algo={name} is invalid with data.protocol={task}: this protocol trains one "
+            "classifier over fixed classes, which this learner does not; allowed algorithms: "
+            f"{', '.join(allowed)}"
+        )
+    protocols = [t for t in algos.tasks[name] if t in FIXED_CLASSES]
+    if protocols and len(protocols) == len(algos.tasks[name]):
+        raise ConfigError(
+            f"algo={name} is invalid with this data: it trains one classifier over fixed "
+            f"classes; use data=omniglot data.protocol={'|'.join(protocols)}"
         )
     # Otherwise a learner that declares classification only (the metric-based and black-box
     # ones, which compare classes) on regression data.

@@ -223,6 +223,19 @@ def map_chunks(fn: Callable, tasks, chunk: int):
     return jax.tree.map(join, out)
 
 
+def batch_mean_grad(metrics_fn: Callable, params: Params, batches) -> tuple[Params, dict]:
+    """The gradient of the mean ``loss`` of ``metrics_fn(params, batch) -> dict`` over
+    ``batches`` (a pytree with a leading batch axis) and the mean metrics: the ``outer_grad``
+    of learners that descend a plain loss of ordinary batches. Each batch is its own forward
+    pass, so BatchNorm normalises each with its own statistics, as each task of an episode."""
+
+    def loss(p):
+        metrics = jax.tree.map(jnp.mean, jax.vmap(lambda b: metrics_fn(p, b))(batches))
+        return metrics["loss"], metrics
+
+    return jax.grad(loss, has_aux=True)(params)
+
+
 def outer_grad(
     learner: MetaLearner,
     objective: Objective,

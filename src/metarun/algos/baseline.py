@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import optax
 
 from metarun.algos import FITS, algos
-from metarun.algos.base import MetaLearner, drop_head, predict_with_adapted
+from metarun.algos.base import MetaLearner, batch_mean_grad, drop_head, predict_with_adapted
 from metarun.algos.protonet import class_means, cosine_similarities
 from metarun.config import BN_MODES
 from metarun.models.conv4 import RUNNING_STATS
@@ -122,16 +122,8 @@ def _batch(episode: Episode) -> tuple[Array, Array]:
 
 
 def _mean_grad(loss_and_metrics, meta_params, batches: Episode):
-    """The gradient of the mean loss over the batches (leading axis), and the mean metrics.
-    Each batch is its own forward pass, so BatchNorm normalises each with its own statistics,
-    as it does each task of the episodic learners."""
-
-    def loss(mp):
-        metrics = jax.vmap(lambda e: loss_and_metrics(mp, *_batch(e)))(batches)
-        metrics = jax.tree.map(jnp.mean, metrics)
-        return metrics["loss"], metrics
-
-    return jax.grad(loss, has_aux=True)(meta_params)
+    """The gradient of the mean loss over the batches, both sets of each as one batch."""
+    return batch_mean_grad(lambda mp, e: loss_and_metrics(mp, *_batch(e)), meta_params, batches)
 
 
 def baseline_classifier(

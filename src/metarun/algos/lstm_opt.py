@@ -85,7 +85,7 @@ from jax.flatten_util import ravel_pytree
 
 from metarun.algos import algos
 from metarun.algos.base import MetaLearner
-from metarun.types import TASKS, Array, Objective, Params, PRNGKey
+from metarun.types import Array, Objective, Params, PRNGKey
 
 # ---------------------------------------------------------------- The optimizer ----
 
@@ -327,7 +327,8 @@ def lstm_opt(
     )
 
 
-@algos.register("lstm_opt", tasks=TASKS)
+# Episodic tasks of every kind: it optimises a model on each support set, or a function itself.
+@algos.register("lstm_opt", tasks=("regression", "classification", "minimisation"))
 def from_config(cfg, net, objective: Objective) -> MetaLearner:
     rule = dict(scale=cfg.scale, preprocess_name=cfg.preprocess, p=cfg.p)
     sizes = dict(horizon=cfg.horizon, unroll=cfg.unroll, hidden=cfg.hidden, layers=cfg.layers)

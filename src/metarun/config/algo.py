@@ -312,6 +312,35 @@ class BaselineConfig:
         _check(self.weight_decay >= 0, "algo.weight_decay", self.weight_decay, "must be >= 0")
 
 
+@dataclass
+class ERMConfig:
+    """Plain training on data.protocol=supervised (algos/erm.py)."""
+
+    name: str = MISSING
+    with_query: bool = False  # train on each batch's clean examples too, not only the noisy
+
+
+@dataclass
+class MLDGConfig:
+    """MLDG (algos/mldg.py), on data.protocol=domains."""
+
+    name: str = MISSING
+    inner_lr: float = 0.1  # α of the step on the meta-train domains (not tuned)
+    beta: float = 1.0  # β, the meta-test domain's weight (the paper's 1)
+    first_order: bool = False  # drop the Hessian of the meta-train loss from ∇F
+
+    def __post_init__(self) -> None:
+        _check(self.inner_lr > 0, "algo.inner_lr", self.inner_lr, "must be > 0, e.g. 0.1")
+        _check(self.beta >= 0, "algo.beta", self.beta, "must be >= 0")
+
+
+@dataclass
+class NameOnly:
+    """An algorithm without keys of its own (algos/l2rw.py)."""
+
+    name: str = MISSING
+
+
 # The schema of each conf/algo/<name>.yaml (MAML's variants share MAML's or the base schema).
 SCHEMAS = {
     "maml": MAMLConfig,
@@ -328,4 +357,7 @@ SCHEMAS = {
     "lstm_opt": LSTMOptConfig,
     "baseline": BaselineConfig,
     "baseline_pp": BaselineConfig,
+    "erm": ERMConfig,
+    "l2rw": NameOnly,
+    "mldg": MLDGConfig,
 }

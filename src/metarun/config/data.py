@@ -72,6 +72,7 @@ class ImageEpisodes:
 
 
 OMNIGLOT_SPLITS = ("minimal1", "minimal2", "characters", "alphabets")
+PROTOCOLS = ("few_shot", "supervised", "domains")
 OMNIGLOT_ARCHIVES = ("background", "evaluation", "small1", "small2")
 
 
@@ -91,9 +92,50 @@ class OmniglotConfig(ImageEpisodes):
     val_alphabets: list[str] = field(default_factory=list)
     test_alphabets: list[str] = field(default_factory=list)  # split=alphabets; [] = evaluation's
     split_seed: int = 0  # the shuffles of the test (split=characters) and of validation
+    # few_shot: episodes of new classes at test. supervised (data/supervised.py): one
+    # data.ways-class problem over classes of the train split, their drawings divided into
+    # training, clean, validation and test sets; for algo=erm and l2rw.
+    # domains: the same classes drawn in several domains (turned by data.domain_angles),
+    # trained on all but data.test_domain and tested on it; for algo=erm and mldg.
+    protocol: str = "few_shot"
+    label_noise: float = 0.0  # supervised: share of training labels flipped to another class
+    clean_per_class: int = 1  # supervised: drawings of each class in the clean set
+    batch_size: int = 100  # supervised, domains: examples per batch (training and evaluation)
+    # domains: one domain per angle (degrees); the rotated-digits protocol's six
+    domain_angles: list[float] = field(default_factory=lambda: [0.0, 15.0, 30.0, 45.0, 60.0, 75.0])
+    test_domain: int = 5  # domains: the index in data.domain_angles of the unseen domain
 
     def __post_init__(self) -> None:
         self._check_episodes()
+        _check_choice("data.protocol", self.protocol, PROTOCOLS)
+        _check(0 <= self.label_noise < 1, "data.label_noise", self.label_noise, "must be in [0, 1)")
+        _check(
+            self.label_noise == 0 or self.protocol == "supervised",
+            "data.label_noise",
+            self.label_noise,
+            f"corrupts the training labels of data.protocol=supervised, not {self.protocol}",
+        )
+        _check(
+            1 <= self.clean_per_class <= 10,
+            "data.clean_per_class",
+            self.clean_per_class,
+            "must be in [1, 10]: 9 of a class's 20 drawings are validation and test, and one "
+            "at least is for training",
+        )
+        _check(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be >= 1")
+        domains = len(self.domain_angles)
+        _check(
+            domains >= 3,
+            "data.domain_angles",
+            self.domain_angles,
+            "needs 3 domains at least: one to test on, two to split into meta-train and meta-test",
+        )
+        _check(
+            0 <= self.test_domain < domains,
+            "data.test_domain",
+            self.test_domain,
+            f"must index data.domain_angles (0..{domains - 1})",
+        )
         _check(
             bool(self.root),
             "data.root",

@@ -37,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 
 from metarun.config import ConfigError
-from metarun.data import sources, specs
+from metarun.data import sources, specs, supervised
 from metarun.data.episodes import image_spec, image_task_source
 from metarun.data.omniglot_tfds import load_omniglot
 from metarun.types import DataSpec
@@ -141,7 +141,8 @@ def split_characters(loaded: dict, cfg) -> dict[str, list[int]]:
         val = {c for c in rest if alphabet_of[c] in held}
 
     classes = len(val) * (4 if cfg.rotations else 1)
-    if classes < cfg.ways:
+    # data.protocol=supervised|domains classifies classes of the train split only
+    if classes < cfg.ways and cfg.protocol == "few_shot":
         whole = cfg.val_alphabets or cfg.split != "characters"
         held = ", ".join(sorted({alphabet_of[c] for c in val})) if whole else ""
         rotated = f" ({len(val)} characters × 4 rotations)" if cfg.rotations else ""
@@ -161,6 +162,8 @@ def split_characters(loaded: dict, cfg) -> dict[str, list[int]]:
 @specs.register("omniglot")
 def spec(cfg) -> DataSpec:
     """Raw Omniglot drawings (dark strokes on light paper, any size) -> ink = 1, 28×28×1."""
+    if cfg.protocol != "few_shot":
+        return supervised.spec(cfg.protocol, cfg.ways, cfg.image_size, channels=1, invert=True)
     return image_spec(cfg.ways, cfg.image_size, channels=1, invert=True)
 
 
@@ -175,4 +178,6 @@ def make(cfg):
     )
     splits = split_characters(loaded, cfg)
     images = {split: loaded["images"][rows] for split, rows in splits.items()}
+    if cfg.protocol != "few_shot":
+        return supervised.task_source(images["train"], cfg)
     return image_task_source(images, cfg)
