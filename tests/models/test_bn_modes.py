@@ -183,6 +183,32 @@ def test_running_averages_move_in_meta_training_only_and_serve_evaluation(omnigl
         np.testing.assert_array_equal(value, after[path])  # evaluating changed nothing
 
 
+@pytest.mark.parametrize("algo", ["maml", "reptile"])
+def test_an_inner_loop_never_steps_the_running_averages(omniglot, algo):
+    """The evaluation network normalises with the running averages, so the support loss has a
+    gradient with respect to them; adapting must leave them as they are (they are statistics,
+    not parameters), while the weights move."""
+    exp = running_experiment(omniglot, f"algo={algo}", "algo.inner_lr=0.4")
+    moved = init_state(exp, jax.random.PRNGKey(0)).meta_params
+    episode = exp.source.samplers["val"](KEY)
+    adapted = exp.eval_learner.adapt(moved, episode.support_x, episode.support_y, 3, 5)
+    before, after = traverse_util.flatten_dict(moved), traverse_util.flatten_dict(adapted)
+    running = [p for p in before if p[-1] in ("running_mean", "running_var")]
+    assert len(running) == 8
+    grad = jax.grad(
+        lambda p: exp.source.objective.loss(
+            exp.eval_learner.predict(p, p, episode.support_x, episode.support_x),
+            episode.support_y,
+        )
+    )(moved)
+    assert any(np.abs(traverse_util.flatten_dict(grad)[p]).max() > 0 for p in running)
+    for path in before:
+        if path in running:
+            np.testing.assert_array_equal(after[path], before[path])
+    kernel = ("blocks_0", "conv", "kernel")
+    assert not np.allclose(after[kernel], before[kernel])
+
+
 @pytest.mark.extended  # 90 s of Conv-4 compiles; the modes' own tests run in make test
 def test_result_records_the_mode_and_transductive_numbers_are_unchanged(omniglot, tmp_path):
     """The numbers of this short run before the modes existed (commit 5d0706b), same seed:

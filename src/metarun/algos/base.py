@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from metarun.models.conv4 import RUNNING_STATS
 from metarun.types import Array, Episode, Objective, Params, PRNGKey
 
 MetaParams = Any
@@ -101,6 +102,23 @@ def predict_with_adapted(apply_fn: Callable[..., Array]):
     return predict
 
 
+def is_running_stat(path) -> bool:
+    """Whether the leaf at ``path`` (a key path) is one of BatchNorm's running averages."""
+    return any(getattr(k, "key", None) in RUNNING_STATS for k in path)
+
+
+def descend(params: Params, grads: Params, lrs: Params) -> Params:
+    """θ − α ∇L leaf by leaf, BatchNorm's running averages kept as they are: they are
+    statistics of the data, not parameters. Where the network normalises with them (the
+    evaluation network of ``model.bn_mode=running``) the loss has a gradient with respect to
+    them, which an inner step must not follow."""
+
+    def step(path, p, g, a):
+        return p if is_running_stat(path) else p - a * g
+
+    return jax.tree_util.tree_map_with_path(step, params, grads, lrs)
+
+
 def gradient_descent(
     loss: Callable[[Params], Array],
     params: Params,
@@ -109,7 +127,8 @@ def gradient_descent(
     first_order: bool = False,
     remat: bool = False,
 ) -> Params:
-    """``num_steps`` of θ ← θ − α ∇L(θ), as a ``lax.scan``.
+    """``num_steps`` of θ ← θ − α ∇L(θ), as a ``lax.scan`` (BatchNorm's running averages kept:
+    :func:`descend`).
 
     Args:
       loss: the inner loss as a function of the adapted parameters.
@@ -134,7 +153,7 @@ def gradient_descent(
         grads = jax.grad(loss)(p)
         if first_order:
             grads = jax.lax.stop_gradient(grads)
-        return jax.tree.map(lambda p, g, a: p - a * g, p, grads, lrs), None
+        return descend(p, grads, lrs), None
 
     adapted, _ = jax.lax.scan(jax.checkpoint(step) if remat else step, params, None, num_steps)
     return adapted

@@ -47,10 +47,15 @@ import jax.numpy as jnp
 import optax
 
 from metarun.algos import FITS, algos
-from metarun.algos.base import MetaLearner, batch_mean_grad, drop_head, predict_with_adapted
+from metarun.algos.base import (
+    MetaLearner,
+    batch_mean_grad,
+    drop_head,
+    is_running_stat,
+    predict_with_adapted,
+)
 from metarun.algos.protonet import class_means, cosine_similarities
 from metarun.config import BN_MODES
-from metarun.models.conv4 import RUNNING_STATS
 from metarun.types import Array, Episode, Objective, Params
 
 
@@ -107,12 +112,9 @@ def fit(loss, params: Params, num_steps: int, optimizer: optax.GradientTransform
 
 def _running_stats_kept(params):
     """``"keep"`` for BatchNorm's running averages, ``"fit"`` for every other leaf."""
-
-    def label(path, _) -> str:
-        running = any(getattr(k, "key", None) in RUNNING_STATS for k in path)
-        return "keep" if running else "fit"
-
-    return jax.tree_util.tree_map_with_path(label, params)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "keep" if is_running_stat(path) else "fit", params
+    )
 
 
 def _batch(episode: Episode) -> tuple[Array, Array]:

@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from metarun.algos.base import MetaLearner, predict_with_adapted
+from metarun.algos.base import MetaLearner, descend, predict_with_adapted
 from metarun.config import BN_MODES, ConfigError
 from metarun.types import Objective
 
@@ -132,7 +132,7 @@ def mamlpp(
             if first_order:
                 grads = jax.lax.stop_gradient(grads)
             lrs = at_step(meta["inner_lr"], i) if lslr else jax.tree.map(lambda _: inner_lr, fast)
-            fast = jax.tree.map(lambda p, g, a: p - a * g, fast, grads, lrs)
+            fast = descend(fast, grads, lrs)
             query = (
                 None
                 if query_x is None
