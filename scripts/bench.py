@@ -21,7 +21,9 @@ Arithmetic: ``gflop_per_task`` is XLA's count (HLO cost analysis) of the step as
 whole meta-batch at once and the inner loop unrolled (the analysis counts a loop's body once;
 a chunked step's recomputation is not the algorithm's work), before XLA's optimisations (which
 change it by a few per cent). ``peak_fraction`` is the achieved rate over this machine's
-matrix-product peak, measured first: the best of five 2048 × 2048 float32 products.
+matrix-product peak, measured first: the best of five 2048 × 2048 float32 products; the
+memory stream beside it (the best of five elementwise passes over a 1 GiB array, bytes read
+plus written) says how fast a step that moves data rather than multiplying can go.
 
 mini-ImageNet workloads run on random images of the real shapes (84 × 84 × 3, 20 per class),
 written once as the official pickle files under ``--mini-imagenet`` (speed does not depend on
@@ -182,18 +184,28 @@ def prepare(
     return Prepared(config, inner_steps, meta_step, compile_sec, state, train_key, sample, flops)
 
 
+def best_seconds(fn, x, repeats: int = 5) -> float:
+    """The fastest of ``repeats`` timed calls of the jitted ``fn(x)``, after one to compile."""
+    fn(x).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(x).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def matmul_peak() -> float:
     """GFLOP/s of this machine's fastest matrix product: the best of five 2048² float32 ones."""
     n = 2048
-    a = jnp.ones((n, n), jnp.float32)
-    product = jax.jit(lambda a: a @ a)
-    product(a).block_until_ready()
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        product(a).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+    return 2 * n**3 / best_seconds(jax.jit(lambda a: a @ a), jnp.ones((n, n), jnp.float32)) / 1e9
+
+
+def memory_stream() -> float:
+    """GB/s of this machine's memory: the best of five elementwise passes over a 1 GiB float32
+    array, counting the bytes read and the bytes written (2 GiB a pass)."""
+    x = jnp.ones((2**28,), jnp.float32)
+    return 2 * x.nbytes / best_seconds(jax.jit(lambda x: 2 * x), x) / 1e9
 
 
 def bench(
@@ -311,7 +323,7 @@ def main() -> None:
     if args.steps is not None and args.steps < 3:
         parser.error("--steps must be >= 3: the median of fewer is one step's time")
 
-    peak = matmul_peak()
+    peak, stream = matmul_peak(), memory_stream()
     rows = []
     for name in args.workload or WORKLOADS:
         steps, warmup = default_steps(name)
@@ -331,7 +343,8 @@ def main() -> None:
         )
     print(
         f"\nbackend: {rows[0]['backend']} ({rows[0]['devices']} device), jax {jax.__version__}, "
-        f"matrix-product peak {peak:,.1f} GFLOP/s, median of the timed steps after the warm-up "
+        f"matrix-product peak {peak:,.1f} GFLOP/s, memory stream {stream:,.1f} GB/s, median of "
+        "the timed steps after the warm-up "
         "ones" + (f", overrides: {' '.join(args.overrides)}" if args.overrides else "") + "\n"
     )
     print(

@@ -198,3 +198,27 @@ def test_snail_learns_omniglot(make_config, omniglot, tmp_path):
     # GFLOP a step by XLA's count; 137 s while other jobs shared them). Threshold: 20 points
     # under the measurement, for a later take-off.
     assert result["mean"] >= 0.55, result
+
+
+# One classifier over 100 Omniglot characters (data.protocol=supervised / domains, the
+# presets), 200 steps: chance is 1%.
+FIXED = ["trainer.steps=200", "trainer.progress=false", "eval.episodes=100"]
+
+
+@pytest.mark.extended  # 2 to 5 minutes of CPU
+def test_l2rw_learns_through_40_percent_label_noise(make_config, omniglot, tmp_path):
+    """conf/preset/l2rw_omniglot.yaml shortened: 40% of the training labels flipped, the clean
+    test drawings classified."""
+    result = train(make_config("algo=l2rw", *omniglot, *FIXED, fast=False), tmp_path / "run")
+    # Measured (seed 0): 28.6 ± 0.9% (validation 29.8%). Threshold: 20%.
+    assert result["mean"] >= 0.20, result
+
+
+@pytest.mark.extended  # 2 to 5 minutes of CPU
+def test_mldg_learns_and_generalises_to_the_unseen_domain(make_config, omniglot, tmp_path):
+    """conf/preset/mldg_omniglot.yaml shortened: trained on the five domains turned by 0° to
+    60°, tested on the 75° one."""
+    result = train(make_config("algo=mldg", *omniglot, *FIXED, fast=False), tmp_path / "run")
+    # Measured (seed 0): 25.9 ± 0.8% on the unseen domain, 68.7% on the source domains'
+    # validation drawings. Threshold: 18%.
+    assert result["mean"] >= 0.18, result
