@@ -41,7 +41,9 @@ VARIANTS = [
 ]
 # Baseline++ is Baseline with cosine heads (the same pre-training path and test-time fit,
 # tests/algos/test_baseline.py checks the heads): make test runs Baseline's shared tests.
-TEST_ALL_ONLY = {"baseline_pp"}
+# Plain training is the unweighted loss of the batches L2RW weighs, through the same
+# fixed_class_learner and batch_mean_grad: make test runs L2RW's and MLDG's.
+TEST_ALL_ONLY = {"baseline_pp", "erm"}
 
 
 def _param(name: str, *values):
