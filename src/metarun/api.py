@@ -25,7 +25,7 @@ import numpy as np
 from metarun import algos, data
 from metarun.algos.base import adapt_and_predict, model_params
 from metarun.config import Config
-from metarun.types import DataSpec
+from metarun.types import FIXED_CLASSES, DataSpec
 
 
 class Learner:
@@ -35,6 +35,8 @@ class Learner:
         self.config, self.spec, self.model, self.meta_params = config, spec, model, meta_params
         self._learner = learner
         self._run = jax.jit(partial(adapt_and_predict, learner), static_argnums=(4, 5))
+        # a learner of fixed classes (algos/erm.py) adapts to nothing: its classifier alone
+        self._classify = jax.jit(lambda mp, x: learner.predict(mp, mp, x, None))
 
     def predict(
         self, support_x, support_y, query_x, inner_steps: int | None = None, *, raw: bool = True
@@ -52,11 +54,16 @@ class Learner:
 
         Returns:
           Classification: the predicted label of each query, from ``support_y``'s values.
+          One classifier over fixed classes (``data.protocol=supervised|domains``): the class
+          index of each query, 0 .. data.ways − 1, whatever the support set (it may be empty).
           Regression: the predicted targets ``[n_query, ...]``.
         """
         steps = algos.eval_steps(self._learner, self.config) if inner_steps is None else inner_steps
         prepare = self.spec.preprocess if raw else np.asarray
-        support_x, query_x = prepare(support_x), prepare(query_x)
+        query_x = prepare(query_x)
+        if self.spec.objective.task in FIXED_CLASSES:  # nothing to adapt: the classes it knows
+            return np.asarray(jnp.argmax(self._classify(self.meta_params, query_x), axis=-1))
+        support_x = prepare(support_x)
         classify = self.spec.objective.task == "classification"
         if classify:
             classes, support_y = np.unique(np.asarray(support_y), return_inverse=True)

@@ -9,9 +9,13 @@ import numpy as np
 import optax
 import pytest
 
+import metarun
+from metarun import data
 from metarun.algos.l2rw import alignment, example_weights, l2rw
+from metarun.evaluate import episode_keys, make_evaluator
 from metarun.types import SUPERVISED, Episode
 from tests.helpers import classification_problem, classifier_apply
+from tests.test_api import raw_omniglot
 
 
 @pytest.fixture
@@ -126,3 +130,15 @@ def test_the_cli_trains_a_reweighted_classifier_and_tests_it(omniglot, tmp_path)
     logged = [json.loads(line) for line in records]
     assert {"kept", "clean_loss", "train_loss"} <= set(logged[-1])
     assert "test accuracy" in proc.stdout + proc.stderr
+    # metarun.load: the saved classifier predicts the class of each test drawing (no support
+    # set) as the evaluation did, batch by batch.
+    learner = metarun.load(tmp_path / "run")
+    source = data.make(learner.config.data)
+    keys = episode_keys(learner.config.eval.seed, "test", learner.config.eval.episodes)
+    evaluator = make_evaluator(learner._learner, source.objective, inner_steps=0, batch=10)
+    reported = np.asarray(evaluator(learner.meta_params, source.samplers["test"], keys)["accuracy"])
+    assert result["mean"] == pytest.approx(float(np.mean(reported)), abs=1e-6)
+    for key, accuracy in zip(keys[:3], reported[:3], strict=True):
+        batch = jax.device_get(source.samplers["test"](key))
+        predicted = learner.predict([], [], raw_omniglot(batch.query_x))
+        assert np.mean(predicted == batch.query_y) == pytest.approx(accuracy, abs=1e-6)

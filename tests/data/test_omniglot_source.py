@@ -248,7 +248,7 @@ def test_the_spec_preprocesses_a_raw_drawing_exactly_as_the_training_data(minima
 
 
 def test_the_spec_accepts_rgb_and_float_images():
-    prepare = omniglot.spec(SimpleNamespace(image_size=8, ways=5)).preprocess
+    prepare = omniglot.spec(SimpleNamespace(image_size=8, ways=5, protocol="few_shot")).preprocess
     grey = np.random.default_rng(0).integers(0, 256, (2, 8, 8), dtype=np.uint8)
     expected = prepare(grey)
     np.testing.assert_array_equal(prepare(np.repeat(grey[..., None], 3, axis=-1)), expected)

@@ -9,6 +9,8 @@ from metarun.config import ConfigError, compose, validate
 from metarun.data import supervised
 from metarun.experiment import check
 
+CLEAN = ["data.label_noise=0", "data.rotations=false"]  # what the domains protocol allows
+
 
 def data_config(*overrides):
     return validate(
@@ -85,6 +87,8 @@ def test_more_classes_than_the_train_split_has_are_refused():
         (["data.label_noise=0.4"], "labels of data.protocol=supervised, not few_shot"),
         (["data.protocol=supervised", "data.clean_per_class=11"], "data.clean_per_class=11"),
         (["data.protocol=transfer"], "allowed values are few_shot, supervised, domains"),
+        (["data.protocol=supervised", "data.batch_size=1"], "data.batch_size=1 is invalid"),
+        (["data.protocol=domains"], "data.rotations=True is invalid: turns characters by 90°"),
     ],
 )
 def test_bad_values_name_the_key(overrides, named):
@@ -100,6 +104,11 @@ def test_bad_values_name_the_key(overrides, named):
             "algo=maml is invalid with data.protocol=supervised: .*algorithms: erm, l2rw",
         ),
         (["data=sinusoid", "algo=l2rw"], "algo=l2rw is invalid with this data: .*=supervised"),
+        (
+            ["data=omniglot", "data.root=x", "algo=l2rw", "data.protocol=domains", *CLEAN],
+            "algo=l2rw is invalid with data.protocol=domains: it trains on data.protocol="
+            "supervised; allowed algorithms: erm, mldg",
+        ),
         (
             ["data=omniglot", "data.root=x", "algo=erm", "model.bn_mode=support"],
             "model.bn_mode=support is invalid with algo=erm",

@@ -35,7 +35,13 @@ def params_of(model, x=SUPPORT):
 
 @pytest.mark.parametrize(
     "model",
-    [conv4("support"), ResNet12(output_dim=5, channels=(4, 8), bn_mode="support")],
+    [
+        conv4("support"),
+        pytest.param(  # the same in_context as Conv-4's; 18 s of compiles: make test-all
+            ResNet12(output_dim=5, channels=(4, 8), bn_mode="support"),
+            marks=pytest.mark.extended,
+        ),
+    ],
     ids=["conv4", "resnet12"],
 )
 def test_support_mode_predicts_each_query_on_its_own(model):

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from metarun.models import models, resnet12
 from metarun.types import cross_entropy
@@ -34,6 +35,7 @@ def test_metaoptnet_setting_has_the_hand_computed_size():
     assert embed.shape == (2, 640)
 
 
+@pytest.mark.extended  # 30 s of ResNet-12 compiles; Conv-4's im2col = XLA tests run in make test
 def test_im2col_and_xla_give_the_same_per_task_meta_gradient():
     # One inner SGD step per task under vmap (per-task weights), then the query loss, float64.
     with jax.enable_x64(True):

@@ -74,9 +74,15 @@ def check_data(name: str, data: str, objective: Objective) -> None:
         )
     if task in FIXED_CLASSES:
         allowed = [other for other in algos.names() if task in algos.tasks[other]]
+        own = [t for t in algos.tasks[name] if t in FIXED_CLASSES]
+        reason = (
+            f"it trains on data.protocol={'|'.join(own)}"
+            if own
+            else "this protocol trains one classifier over fixed classes, which this learner "
+            "does not"
+        )
         raise ConfigError(
-            f"algo={name} is invalid with data.protocol={task}: this protocol trains one "
-            "classifier over fixed classes, which this learner does not; allowed algorithms: "
+            f"algo={name} is invalid with data.protocol={task}: {reason}; allowed algorithms: "
             f"{', '.join(allowed)}"
         )
     protocols = [t for t in algos.tasks[name] if t in FIXED_CLASSES]

@@ -1,12 +1,14 @@
-"""Plain training (empirical risk minimisation), the baseline of the learners of
-``data.protocol=supervised`` (data/supervised.py): one classifier over fixed classes.
+"""Plain training (empirical risk minimisation), the baseline of the learners of one
+classifier over fixed classes (data/supervised.py): L2RW's (``data.protocol=supervised``) and
+MLDG's (``data.protocol=domains``, with ``with_query=True``: all the source domains).
 
 Each meta-step's tasks are training batches; the update is the gradient of their mean
 cross-entropy, L(θ) = 1/n Σ_i ℓ(f_θ(x_i), ỹ_i), on the training examples and their (noisy)
-labels. ``with_query=True`` trains on each batch's clean examples too, as one batch of both
-(its mean loss; the clean set is oversampled, as often as the training set): a baseline that
-uses the clean set as directly as it can. Nothing is adapted at test: a validation or test batch
-is classified by the trained network.
+labels. ``with_query=True`` trains on each batch's query set too, as one batch of both (its
+mean loss): under ``supervised`` the clean examples (oversampled, as often as the training
+set: a baseline that uses the clean set as directly as it can), under ``domains`` the
+meta-test domain's, so that every source domain is trained on. Nothing is adapted at test:
+a validation or test batch is classified by the trained network.
 
 Meta-parameters: the model's parameters, with its ``data.ways``-way head.
 """

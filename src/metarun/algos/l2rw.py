@@ -14,7 +14,8 @@ example i's gradient agrees with the clean set's. α scales every u_i alike, whi
 normalisation removes, so metarun takes α = 1 (the paper: the learning rate). u is computed
 as in the paper's algorithm, by differentiating the clean loss through the look-ahead step;
 tests/algos/test_l2rw.py checks it against finite differences and against the inner products.
-The clean examples are never trained on, only weighed by.
+The clean examples' labels are never trained on, only weighed by (their images do enter
+BatchNorm's running averages, with ``model.bn_mode=running``, as every batch's images do).
 
 Metrics: ``loss`` is the weighted loss Σ w_i ℓ_i that is descended; ``train_loss`` and
 ``accuracy`` the plain mean over the batch and its (noisy) labels; ``clean_loss`` the clean

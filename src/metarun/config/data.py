@@ -122,7 +122,19 @@ class OmniglotConfig(ImageEpisodes):
             "must be in [1, 10]: 9 of a class's 20 drawings are validation and test, and one "
             "at least is for training",
         )
-        _check(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be >= 1")
+        _check(
+            self.batch_size >= 2,
+            "data.batch_size",
+            self.batch_size,
+            "must be >= 2: BatchNorm normalises a training batch by its own statistics",
+        )
+        _check(
+            not (self.rotations and self.protocol == "domains"),
+            "data.rotations",
+            self.rotations,
+            "turns characters by 90° into new classes, which data.protocol=domains' turned "
+            "domains would confuse with them; use data.rotations=false",
+        )
         domains = len(self.domain_angles)
         _check(
             domains >= 3,

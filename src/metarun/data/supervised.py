@@ -29,7 +29,8 @@ of this protocol classify without adapting, and the evaluation protocol's mean o
 ``eval.episodes`` such batches is an unbiased estimate of the accuracy on the whole split
 (its 95% interval: over batches).
 
-``data.protocol=domains`` (MLDG's rotated-digits protocol): the same classes drawn in
+``data.protocol=domains`` (domain generalisation's rotated-digits protocol, Ghifary et al.
+2015's rotated MNIST, here on Omniglot): the same classes drawn in
 several domains, each drawing turned by each of ``data.domain_angles`` (bilinear, the corners
 filled with background). The first 11 drawings of every class are the training set, in every
 domain but ``data.test_domain``; validation is the next 4 drawings in those source domains
@@ -37,6 +38,7 @@ domain but ``data.test_domain``; validation is the next 4 drawings in those sour
 domain. A training batch picks one source domain at random as the meta-test domain:
 ``query`` holds ``data.batch_size`` of its drawings, ``support`` as many from the other source
 domains (so each source domain gives 1/5 of a step's examples on average, with five sources).
+``data.rotations`` is refused with it (config/data.py): a 90° turn is a class of its own there.
 
 References: Ren, Zeng, Yang, Urtasun. "Learning to Reweight Examples for Robust Deep
 Learning". ICML 2018. https://arxiv.org/abs/1803.09050. Li, Yang, Song, Hospedales.
