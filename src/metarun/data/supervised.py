@@ -57,6 +57,7 @@ from scipy import ndimage
 
 from metarun.config import ConfigError
 from metarun.data import arrays
+from metarun.data.episodes import image_spec
 from metarun.types import DOMAINS, SUPERVISED, DataSpec, Episode, PRNGKey, TaskSource
 
 VAL_DRAWINGS = 4  # per class
@@ -64,13 +65,10 @@ TEST_DRAWINGS = 5  # per class
 
 
 def spec(protocol: str, ways: int, size: int, channels: int, invert: bool) -> DataSpec:
-    """The :class:`DataSpec` of ``ways``-class classification of ``size × size × channels``
-    images under ``protocol`` (``supervised`` or ``domains``)."""
-    from metarun.data.arrays import prepare_images
-
-    prepare = functools.partial(prepare_images, size=size, channels=channels, invert=invert)
+    """:func:`~metarun.data.episodes.image_spec` of ``ways`` classes, scored as ``protocol``
+    (``supervised`` or ``domains``)."""
     objective = DOMAINS if protocol == "domains" else SUPERVISED
-    return DataSpec(objective, ways, (size, size, channels), prepare)
+    return image_spec(ways, size, channels, invert)._replace(objective=objective)
 
 
 def noisy_labels(labels: np.ndarray, noise: float, classes: int, seed) -> np.ndarray:
