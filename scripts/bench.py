@@ -93,6 +93,17 @@ WORKLOADS = {
         "algo.lslr=true",
         "algo.per_step_bn=true",
     ],
+    # A DARTS search (model=darts, every operation on every edge) at scripts/reproduce.py
+    # cpu-darts' budget: first-order MAML, 8 channels, meta-batch 8, 5 queries per class.
+    "fomaml-omniglot-darts-search": [
+        "algo=maml",
+        *OMNIGLOT,
+        "model=darts",
+        "model.channels=8",
+        "algo.first_order=true",
+        "trainer.meta_batch=8",
+        "data.train_queries=5",
+    ],
     # ProtoNet with MAML's encoder and episodes (not its preset's 60-way single episodes).
     "protonet-omniglot": PROTONET,
     "protonet-omniglot-maxpool": [*PROTONET, "model.strided=false"],

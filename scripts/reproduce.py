@@ -39,6 +39,12 @@ CPU tables of docs/results.md (the CPU budgets of ``scripts/omniglot_minimal1.sh
 * ``cpu-mldg``: MLDG (Li et al. 2018) against plain training on all five source domains on
   rotated Omniglot (100 characters turned by 0°, 15°, ..., 75°; the 75° domain unseen in
   training; conf/preset/mldg_omniglot.yaml for both), over ``--seeds``.
+* ``cpu-darts``: DARTS inside MAML (Elsken et al. 2020): the architecture searched by first-order
+  MAML on the DARTS space (``model=darts``, 8 channels), then the derived architecture retrained
+  with MAML, against a random architecture of the same space and the max-pool Conv-4 with 32
+  filters, each architecture at Conv-4's parameter count (the channels chosen to match), all
+  on one budget (5-way 1-shot, meta-batch 8, 300 steps), over ``--seeds``: seed s searches with
+  seed s, retrains what that search derived and draws random architecture s.
 * ``cpu-pretraining``: Baseline and Baseline++ (Chen et al. 2019) on ProtoNet's CPU budget,
   beside MAML and ProtoNet (shared with ``cpu-seeds`` and ``cpu-hallucinate``), at 5-way
   1-shot (``--seeds``), 5-way 5-shot and 20-way 1-shot (seed 0).
@@ -47,8 +53,10 @@ CPU tables of docs/results.md (the CPU budgets of ``scripts/omniglot_minimal1.sh
 from __future__ import annotations
 
 import argparse
+import functools
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +73,9 @@ class Setting:
     published: float | None = None  # the paper's test accuracy, %
     steps: int = 0  # the paper's meta-training steps (scaled by --fraction); 0: in overrides
     seeds: tuple[int, ...] | None = None  # None: --seeds
+    # Overrides that differ by seed, (seed, the table's folder) -> overrides: read off an
+    # earlier setting's run of that seed (a searched architecture), or drawn with the seed.
+    per_seed: Callable[[int, Path], tuple[str, ...]] | None = None
 
 
 def _ways_shots(ways: int, shots: int, *extra: str) -> tuple[str, ...]:
@@ -136,6 +147,85 @@ def _pretraining_settings() -> tuple[Setting, ...]:
             name = f"{algo}, {PAPER_MODE[algo.removesuffix('_pp')]}{suffix}"
             settings.append(Setting(name, (*budget, *shape), seeds=seeds))
     return tuple(settings)
+
+
+# DARTS (cpu-darts): one budget for the search and every architecture (not tuned; sized for
+# this CPU: a search step of the 8-channel supernet takes about 0.5 s, a retraining step at
+# Conv-4's parameter count about 0.6 s).
+DARTS_BUDGET = (
+    "algo=maml",
+    "data.train_queries=5",
+    "trainer.meta_batch=8",
+    "trainer.steps=300",
+    "trainer.log_every=50",
+    "trainer.val_every=100",
+)
+# The architecture weights step 10× faster than the weights (Adam 1e-2 against 1e-3), so that
+# they can move by a few units in 300 steps; not tuned.
+DARTS_SEARCH = (
+    "model=darts",
+    "model.channels=8",
+    "algo.first_order=true",
+    "optim.arch_lr_scale=10",
+)
+DARTS_CONV4 = ("model.filters=32", "model.strided=false")  # max-pool, MAML's mini-ImageNet width
+DARTS_SEARCH_NAME = "darts search, first-order, 8 channels"
+
+
+def _param_count(model_cfg: dict) -> int:
+    """Parameters of a 5-way Omniglot model (28×28×1) of config ``model_cfg``."""
+    import jax
+    import jax.numpy as jnp
+
+    from metarun.config import compose
+
+    overrides = [f"model.{k}={v}" for k, v in model_cfg.items() if k != "name"]
+    config = compose(["data=omniglot", f"model={model_cfg['name']}", *overrides])
+    from metarun import models
+
+    model = models.make(config.model, 5)
+    x = jax.ShapeDtypeStruct((2, 28, 28, 1), jnp.float32)
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)["params"]
+    return sum(leaf.size for leaf in jax.tree.leaves(params))
+
+
+@functools.cache
+def _conv4_params() -> int:
+    return _param_count({"name": "conv4", "filters": 32, "strided": False})
+
+
+def _matched(genotype: list[str]) -> tuple[str, ...]:
+    """The overrides of a DARTS architecture at the channels whose parameter count is nearest
+    Conv-4's (32 filters)."""
+    target, low, high = _conv4_params(), 1, 512
+    while low < high:  # the smallest width with at least the target's parameters
+        mid = (low + high) // 2
+        low, high = (mid + 1, high) if _count(genotype, mid) < target else (low, mid)
+    channels = min((low - 1, low), key=lambda c: abs(_count(genotype, c) - target) if c else target)
+    return ("model=darts", f"model.genotype=[{','.join(genotype)}]", f"model.channels={channels}")
+
+
+def _count(genotype: list[str], channels: int) -> int:
+    return _param_count(
+        {"name": "darts", "genotype": f"[{','.join(genotype)}]", "channels": channels}
+    )
+
+
+def _derived(seed: int, folder: Path) -> tuple[str, ...]:
+    """The architecture the search run of ``seed`` derived, at Conv-4's parameter count."""
+    import metarun
+
+    search = folder / _dir_name("cpu-darts", DARTS_SEARCH_NAME) / f"seed{seed}"
+    return _matched(metarun.load(search).genotype())
+
+
+def _random(seed: int, folder: Path) -> tuple[str, ...]:
+    """Random architecture ``seed`` of the search space, at Conv-4's parameter count."""
+    from metarun.config import DartsConfig
+    from metarun.models.darts import random_genotype
+
+    del folder
+    return _matched(random_genotype(DartsConfig().nodes, seed))
 
 
 @dataclass(frozen=True)
@@ -213,6 +303,16 @@ TABLES = {
         ),
         cpu=True,
     ),
+    "cpu-darts": Table(
+        "omniglot",
+        (
+            Setting("conv-4, 32 filters, max-pool", (*DARTS_BUDGET, *DARTS_CONV4)),
+            Setting(DARTS_SEARCH_NAME, (*DARTS_BUDGET, *DARTS_SEARCH)),
+            Setting("darts derived, retrained", DARTS_BUDGET, per_seed=_derived),
+            Setting("darts random", DARTS_BUDGET, per_seed=_random),
+        ),
+        cpu=True,
+    ),
     "cpu-mldg": Table(
         "omniglot",
         (
@@ -251,7 +351,8 @@ def run(table: Table, setting: Setting, args: argparse.Namespace, out: Path) -> 
     for seed in setting.seeds or args.seeds:
         run_dir = out / f"seed{seed}"
         if not (run_dir / RESULT).exists():
-            seeded = [*command, f"seed={seed}", f"hydra.run.dir={run_dir}"]
+            extra = setting.per_seed(seed, out.parent) if setting.per_seed else ()
+            seeded = [*command, *extra, f"seed={seed}", f"hydra.run.dir={run_dir}"]
             print("+", " ".join(seeded), flush=True)
             subprocess.run(seeded, check=True)
 
@@ -283,6 +384,28 @@ def row(setting: Setting, args: argparse.Namespace, out: Path) -> str:
     )
 
 
+def _per_seed_lines(table: Table, args: argparse.Namespace) -> list[str]:
+    """What differed by seed in the settings that have per-seed overrides."""
+    lines = []
+    folder = args.out / f"{table.data}-{args.split}-cpu"
+    for setting in table.settings:
+        if setting.per_seed is None:
+            continue
+        lines += ["", f"{setting.name}:"]
+        for seed in setting.seeds or args.seeds:
+            try:
+                extra = setting.per_seed(seed, folder)
+            except FileNotFoundError as missing:  # the search run it reads is not there yet
+                extra = (str(missing),)
+            lines.append(f"- seed {seed}: `{' '.join(extra)}`")
+    return lines
+
+
+def _dir_name(table: str, setting: str) -> str:
+    """A setting's folder: settings of the same name share their runs across tables."""
+    return f"{table.split('-')[0]}_{setting.replace(' ', '_').replace(',', '')}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("table", choices=sorted(TABLES))
@@ -303,14 +426,12 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for setting in table.settings:
-        name = setting.name.replace(" ", "_").replace(",", "")
         budget = "cpu" if table.cpu else f"{args.fraction:g}"
-        out = (
-            args.out / f"{table.data}-{args.split}-{budget}" / f"{args.table.split('-')[0]}_{name}"
-        )
+        out = args.out / f"{table.data}-{args.split}-{budget}" / _dir_name(args.table, setting.name)
         if not args.report_only:
             run(table, setting, args, out)
         lines.append(row(setting, args, out))
+    lines += _per_seed_lines(table, args)
     text = "\n".join(lines)
     print(text)
     (args.out / f"{args.table}.md").write_text(text + "\n")

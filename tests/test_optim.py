@@ -43,3 +43,15 @@ def test_cosine_schedule_decays_from_lr_to_min_lr(step):
     updates = steps(cfg, total=10, grads=[G1] * (step + 1))
     lr = 0.001 + (0.1 - 0.001) * 0.5 * (1 + math.cos(math.pi * step / 10))
     np.testing.assert_allclose(updates[step]["w"], -lr * G1["w"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_arch_lr_scale_scales_the_architecture_weights_step_only(name):
+    params = {"arch": jnp.array([0.0, 0.0]), **PARAMS}
+    grads = {"arch": jnp.array([0.3, -0.2]), **G1}
+    scaled = optim.make(OptimConfig(name=name, lr=0.1, arch_lr_scale=10), 10)
+    plain = optim.make(OptimConfig(name=name, lr=0.1), 10)
+    (u, _), (v, _) = (o.update(grads, o.init(params), params) for o in (scaled, plain))
+    np.testing.assert_allclose(u["arch"], 10 * v["arch"], rtol=1e-6)
+    np.testing.assert_allclose(u["w"], v["w"], rtol=1e-6)
+    np.testing.assert_allclose(u["inner_lr"]["w"], v["inner_lr"]["w"], rtol=1e-6)

@@ -60,6 +60,15 @@ OMNIGLOT = ["data=omniglot", f"data.root={fixtures.OMNIGLOT_DIR}", "data.split=m
             ["algo=maml", "trainer.task_chunk=4"],
             "trainer.task_chunk=4 is invalid: it must divide each device's 25 tasks",
         ),
+        (
+            ["algo=maml", *OMNIGLOT, "model=darts", "model.genotype=[sep_conv_3x3]"],
+            "model.genotype=['sep_conv_3x3'] is invalid: needs one operation per edge: 3 for "
+            "model.nodes=2",
+        ),
+        (
+            ["algo=maml", *OMNIGLOT, "optim.arch_lr_scale=10"],
+            "optim.arch_lr_scale=10.0 is invalid with model=conv4: only a DARTS search",
+        ),
     ],
     ids=[
         "per-step-bn-mlp",
@@ -72,6 +81,8 @@ OMNIGLOT = ["data=omniglot", f"data.root={fixtures.OMNIGLOT_DIR}", "data.split=m
         "bf16-snail",
         "task-chunk-reptile",
         "task-chunk-divides",
+        "darts-genotype",
+        "arch-lr-without-darts",
     ],
 )
 def test_a_refused_config_leaves_the_run_dir_untouched(tmp_path, overrides, message):

@@ -88,3 +88,19 @@ def test_the_pretraining_table_runs_the_baselines_on_protonets_budget():
             assert ours.seeds == protonet.seeds
     assert "trainer.meta_batch=4" in settings["maml, transductive, 20-way 1-shot"].overrides
     assert settings["baseline, running"].seeds is None  # 5-way 1-shot: every --seeds
+
+
+def test_darts_architectures_have_conv4s_parameter_count():
+    # Conv-4, 32 filters, max-pool, 5-way on 28×28×1: 3×3 convolutions 9·1·32 + 3 · 9·32·32,
+    # BatchNorms 4 · 2·32, head 32·5 + 5.
+    target = 288 + 27_648 + 256 + 165
+    assert reproduce._conv4_params() == target
+    for seed in range(2):
+        model, genotype, channels = reproduce._random(seed, None)
+        assert model == "model=darts"
+        genotype = genotype.removeprefix("model.genotype=[").removesuffix("]").split(",")
+        width = int(channels.removeprefix("model.channels="))
+        gaps = {
+            c: abs(reproduce._count(genotype, c) - target) for c in (width - 1, width, width + 1)
+        }
+        assert gaps[width] == min(gaps.values()) and gaps[width] < 0.05 * target

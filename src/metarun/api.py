@@ -24,7 +24,7 @@ import numpy as np
 
 from metarun import algos, data
 from metarun.algos.base import adapt_and_predict, model_params
-from metarun.config import Config
+from metarun.config import ARCH, Config
 from metarun.types import FIXED_CLASSES, DataSpec
 
 
@@ -37,6 +37,25 @@ class Learner:
         self._run = jax.jit(partial(adapt_and_predict, learner), static_argnums=(4, 5))
         # a learner of fixed classes (algos/erm.py) adapts to nothing: its classifier alone
         self._classify = jax.jit(lambda mp, x: learner.predict(mp, mp, x, None))
+
+    @property
+    def model_params(self):
+        """The model's parameters among the meta-parameters."""
+        return model_params(self.meta_params, self._learner)
+
+    def genotype(self) -> list[str]:
+        """A DARTS search run's architecture (``model=darts`` without ``model.genotype``): one
+        operation per edge, derived from the meta-learned architecture weights
+        (:func:`metarun.models.darts.derive`); ``model.genotype=[...]`` retrains it."""
+        from metarun.models.darts import derive
+
+        model = self.config.model
+        if model.name != "darts" or model.genotype:
+            raise ValueError(
+                f"not a DARTS search run: model={model.name}"
+                + (f", model.genotype={list(model.genotype)}" if model.name == "darts" else "")
+            )
+        return derive(np.asarray(self.model_params[ARCH]), model.nodes)
 
     def predict(
         self, support_x, support_y, query_x, inner_steps: int | None = None, *, raw: bool = True

@@ -68,6 +68,12 @@ def check(config: Config) -> None:
     spec = data.spec(config.data)
     model, learner, _ = make_learners(config, spec)
     like = meta_params_like(model, learner, spec)
+    if config.optim.arch_lr_scale != 1 and not any(jax.tree.leaves(optim.architecture(like))):
+        raise ConfigError(
+            f"optim.arch_lr_scale={config.optim.arch_lr_scale} is invalid with "
+            f"model={config.model.name}: only a DARTS search (model=darts without model.genotype) "
+            "has architecture weights"
+        )
     task_mesh(config.trainer.devices, config.trainer.meta_batch, config.trainer.task_chunk)
     if config.trainer.init_from:
         from metarun import warmstart  # it builds the other run's learner with make_learners

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import optax
 
-from metarun.config import OptimConfig
+from metarun.config import ARCH, OptimConfig
 
 # Meta-parameters that are not weights, which ``optim=adamw`` leaves undecayed: learned
 # inner learning rates (Meta-SGD, MAML++'s LSLR), lstm_opt's fixed starting point and
@@ -20,6 +20,15 @@ def decayed(params):
         return not any(getattr(k, "key", None) in NOT_WEIGHTS for k in path)
 
     return jax.tree_util.tree_map_with_path(is_weight, params)
+
+
+def architecture(params):
+    """The ``optim.arch_lr_scale`` mask: True for a DARTS search's architecture weights."""
+
+    def is_arch(path, _) -> bool:
+        return any(getattr(k, "key", None) == ARCH for k in path)
+
+    return jax.tree_util.tree_map_with_path(is_arch, params)
 
 
 def make(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
@@ -37,4 +46,6 @@ def make(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
         opt = optax.sgd(lr, momentum=cfg.momentum or None)
     if cfg.clip_norm > 0:
         opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
+    if cfg.arch_lr_scale != 1:
+        opt = optax.chain(opt, optax.masked(optax.scale(cfg.arch_lr_scale), architecture))
     return opt

@@ -60,17 +60,29 @@ from metarun.config.logger import (
     TensorBoardLoggerConfig,
     WandbLoggerConfig,
 )
-from metarun.config.model import BN_MODES, CONV_IMPLS, Conv4Config, MLPConfig, ResNet12Config
+from metarun.config.model import (
+    ARCH,
+    BN_MODES,
+    CONV_IMPLS,
+    PRIMITIVES,
+    Conv4Config,
+    DartsConfig,
+    MLPConfig,
+    ResNet12Config,
+    cell_edges,
+)
 from metarun.config.optim import OPTIMIZERS, SCHEDULES, OptimConfig
 from metarun.config.trainer import TrainerConfig
 
 __all__ = [
+    "ARCH",
     "BN_MODES",
     "CONV_IMPLS",
     "LSTM_OPT_PREPROCESS",
     "OMNIGLOT_ARCHIVES",
     "OMNIGLOT_SPLITS",
     "OPTIMIZERS",
+    "PRIMITIVES",
     "PROTONET_DISTANCES",
     "SCHEDULES",
     "WANDB_MODES",
@@ -78,6 +90,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Conv4Config",
+    "DartsConfig",
     "DataError",
     "EvalConfig",
     "ImageEpisodes",
@@ -102,6 +115,7 @@ __all__ = [
     "TensorBoardLoggerConfig",
     "TrainerConfig",
     "WandbLoggerConfig",
+    "cell_edges",
     "compose",
     "conf_dir",
     "flatten",

@@ -73,5 +73,77 @@ class ResNet12Config:
         _check_choice("model.bn_mode", self.bn_mode, BN_MODES)
 
 
+# The operations of a DARTS search cell (models/darts.py), DARTS's names and order.
+PRIMITIVES = (
+    "none",
+    "skip_connect",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+)
+
+
+# The architecture weights' key among a DARTS search model's parameters.
+ARCH = "arch"
+
+
+def cell_edges(nodes: int) -> list[tuple[int, int]]:
+    """The edges ``(node, input)`` of a DARTS cell of ``nodes`` nodes: node i (1-based) sums
+    one operation of each earlier state, the cell's input (state 0) and nodes 1 .. i − 1."""
+    return [(i, j) for i in range(1, nodes + 1) for j in range(i)]
+
+
+@dataclass
+class DartsConfig:
+    """A DARTS search space (Liu et al. 2019): a stem block, then ``cells`` cells of one
+    architecture, each followed by a 2×2 max-pool; the mixture of every operation (search) or
+    the ``genotype``'s one operation per edge (a derived or random architecture)."""
+
+    name: str = "darts"
+    channels: int = 16  # every cell's width (the stem's output)
+    cells: int = 3  # after the stem's pool, each halves the maps: 14 -> 7 -> 3 -> 1 on Omniglot
+    # Intermediate nodes per cell, nodes (nodes + 1) / 2 edges (DARTS: 4; 2 keeps a search
+    # affordable on a CPU, scripts/reproduce.py cpu-darts).
+    nodes: int = 2
+    # One operation of PRIMITIVES per edge, in cell_edges order ("none": no edge); empty: search
+    # the mixture. scripts/darts_genotype.py RUN prints a search run's derived genotype.
+    genotype: list[str] = field(default_factory=list)
+    # How BatchNorm normalises a query set, as Conv-4's (models/conv4.py).
+    bn_mode: str = "transductive"
+
+    def __post_init__(self) -> None:
+        _check(self.channels >= 1, "model.channels", self.channels, "must be >= 1")
+        _check(self.cells >= 1, "model.cells", self.cells, "must be >= 1")
+        _check(self.nodes >= 1, "model.nodes", self.nodes, "must be >= 1")
+        _check_choice("model.bn_mode", self.bn_mode, BN_MODES)
+        if not self.genotype:
+            return
+        edges = cell_edges(self.nodes)
+        _check(
+            len(self.genotype) == len(edges),
+            "model.genotype",
+            list(self.genotype),
+            f"needs one operation per edge: {len(edges)} for model.nodes={self.nodes}",
+        )
+        for op in self.genotype:
+            _check_choice("model.genotype", op, PRIMITIVES)
+        for node in range(1, self.nodes + 1):
+            inputs = [op for (i, _), op in zip(edges, self.genotype, strict=True) if i == node]
+            _check(
+                any(op != "none" for op in inputs),
+                "model.genotype",
+                list(self.genotype),
+                f"node {node} has no input (every one of its edges is none)",
+            )
+
+
 # The schema of each conf/model/<name>.yaml.
-SCHEMAS = {"mlp": MLPConfig, "conv4": Conv4Config, "resnet12": ResNet12Config}
+SCHEMAS = {
+    "mlp": MLPConfig,
+    "conv4": Conv4Config,
+    "resnet12": ResNet12Config,
+    "darts": DartsConfig,
+}

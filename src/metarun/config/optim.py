@@ -21,6 +21,9 @@ class OptimConfig:
     weight_decay: float = 0.0  # adamw only
     momentum: float = 0.0  # sgd only
     clip_norm: float = 0.0  # clip the meta-gradient's global norm; 0 = off
+    # The architecture weights' step (model=darts: "arch") as a multiple of the others': DARTS
+    # gives them their own optimizer; scaling the update of Adam or SGD scales its rate.
+    arch_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         _check_choice("optim.name", self.name, OPTIMIZERS)
@@ -52,4 +55,5 @@ class OptimConfig:
             self.momentum,
             "is only used by optim=sgd",
         )
+        _check(self.arch_lr_scale > 0, "optim.arch_lr_scale", self.arch_lr_scale, "must be > 0")
         _check(self.clip_norm >= 0, "optim.clip_norm", self.clip_norm, "must be >= 0 (0 = off)")

@@ -18,7 +18,7 @@ from metarun.registry import Registry
 
 models = Registry("model")
 
-from metarun.models import conv4, mlp, resnet12  # noqa: E402,F401  (register their factories)
+from metarun.models import conv4, darts, mlp, resnet12  # noqa: E402,F401  (register their factories)
 
 
 def make(cfg, output_dim: int):
