@@ -95,12 +95,9 @@ def test_darts_architectures_have_conv4s_parameter_count():
     # BatchNorms 4 · 2·32, head 32·5 + 5.
     target = 288 + 27_648 + 256 + 165
     assert reproduce._conv4_params() == target
-    for seed in range(2):
-        model, genotype, channels = reproduce._random(seed, None)
-        assert model == "model=darts"
-        genotype = genotype.removeprefix("model.genotype=[").removesuffix("]").split(",")
-        width = int(channels.removeprefix("model.channels="))
-        gaps = {
-            c: abs(reproduce._count(genotype, c) - target) for c in (width - 1, width, width + 1)
-        }
-        assert gaps[width] == min(gaps.values()) and gaps[width] < 0.05 * target
+    model, genotype, channels = reproduce._random(0, None)
+    assert model == "model=darts"
+    genotype = genotype.removeprefix("model.genotype=[").removesuffix("]").split(",")
+    width = int(channels.removeprefix("model.channels="))
+    gaps = {c: abs(reproduce._count(genotype, c) - target) for c in (width - 1, width, width + 1)}
+    assert gaps[width] == min(gaps.values()) and gaps[width] < 0.05 * target

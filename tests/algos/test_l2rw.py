@@ -39,7 +39,7 @@ def clean_loss_after_step(params, batch, eps):
 
 def test_alignment_is_the_derivative_through_the_look_ahead_step(x64):
     params, batch = classification_problem(0)
-    u = alignment(classifier_apply, SUPERVISED, params, batch)
+    u, clean_loss = alignment(classifier_apply, SUPERVISED, params, batch)
     h = 1e-6
     numeric = []
     for i in range(len(batch.support_y)):
@@ -48,6 +48,9 @@ def test_alignment_is_the_derivative_through_the_look_ahead_step(x64):
         down = clean_loss_after_step(params, batch, -e)
         numeric.append(-(up - down) / (2 * h))
     np.testing.assert_allclose(u, numeric, rtol=1e-6, atol=1e-10)
+    # The loss it returns is the clean batch's at θ, the look-ahead point at ε = 0.
+    at_theta = SUPERVISED.loss(classifier_apply(params, batch.query_x), batch.query_y)
+    np.testing.assert_allclose(clean_loss, at_theta, rtol=1e-12)
 
 
 def test_alignment_is_the_inner_product_of_clean_and_example_gradients(x64):
@@ -61,7 +64,7 @@ def test_alignment_is_the_inner_product_of_clean_and_example_gradients(x64):
     g = clean(params)
     expected = sum(jnp.einsum("n...,...->n", per_example[k], g[k]) for k in params)
     np.testing.assert_allclose(
-        alignment(classifier_apply, SUPERVISED, params, batch), expected, rtol=1e-10
+        alignment(classifier_apply, SUPERVISED, params, batch)[0], expected, rtol=1e-10
     )
 
 
@@ -75,7 +78,7 @@ def test_the_update_is_the_gradient_of_the_weighted_loss(x64):
     params, batch = classification_problem(2)
     batches = jax.tree.map(lambda a: a[None], batch)
     grads, metrics = l2rw(classifier_apply, SUPERVISED).outer_grad(params, batches, 0, 0)
-    w = example_weights(alignment(classifier_apply, SUPERVISED, params, batch))
+    w = example_weights(alignment(classifier_apply, SUPERVISED, params, batch)[0])
 
     def weighted(p):
         logits = classifier_apply(p, batch.support_x)
@@ -109,7 +112,7 @@ def test_mislabelled_examples_are_weighed_down():
     noisy = np.where(flipped, (true + 1 + rng.integers(0, 3, 40)) % 4, true)
     clean_x, clean_y = draw(40)
     batch = Episode(train_x, jnp.asarray(noisy), clean_x, jnp.asarray(clean_y), ways=4)
-    w = np.asarray(example_weights(alignment(apply, SUPERVISED, params, batch)))
+    w = np.asarray(example_weights(alignment(apply, SUPERVISED, params, batch)[0]))
     assert w[flipped].sum() < 0.05, w[flipped].sum()
     assert (w[~flipped] > 0).all()
 

@@ -37,9 +37,12 @@ from metarun.algos.erm import fixed_class_learner
 from metarun.types import Array, Episode, Objective, Params
 
 
-def alignment(apply_fn, objective: Objective, params: Params, batch: Episode) -> Array:
+def alignment(
+    apply_fn, objective: Objective, params: Params, batch: Episode
+) -> tuple[Array, Array]:
     """u (the module docstring): minus the derivative of the clean batch's loss after a
-    look-ahead step on the ε-weighted training loss, at ε = 0, one entry per training example."""
+    look-ahead step on the ε-weighted training loss, at ε = 0, one entry per training example;
+    and that loss, the clean batch's at θ (the look-ahead point at ε = 0)."""
 
     def clean_loss_after(eps):
         def weighted(p):
@@ -54,7 +57,8 @@ def alignment(apply_fn, objective: Objective, params: Params, batch: Episode) ->
         return objective.loss(apply_fn(ahead, batch.query_x), batch.query_y)
 
     eps = jnp.zeros(batch.support_y.shape, jax.tree.leaves(params)[0].dtype)
-    return -jax.grad(clean_loss_after)(eps)
+    clean_loss, grad = jax.value_and_grad(clean_loss_after)(eps)
+    return -grad, clean_loss
 
 
 def example_weights(u: Array) -> Array:
@@ -82,15 +86,12 @@ def l2rw(apply_fn, objective: Objective) -> MetaLearner:
 
     def outer_grad(params, batches, num_steps, step):
         del num_steps, step
-        weights = jax.vmap(lambda b: example_weights(alignment(apply_fn, objective, params, b)))(
-            batches
-        )
-        weights = jax.lax.stop_gradient(weights)
+        u, clean_loss = jax.vmap(lambda b: alignment(apply_fn, objective, params, b))(batches)
+        weights = jax.lax.stop_gradient(jax.vmap(example_weights)(u))
         grads, metrics = batch_mean_grad(
             lambda p, bw: batch_metrics(p, *bw), params, (batches, weights)
         )
-        clean = jax.vmap(lambda b: objective.loss(apply_fn(params, b.query_x), b.query_y))
-        metrics["clean_loss"] = jnp.mean(clean(batches))
+        metrics["clean_loss"] = jnp.mean(clean_loss)
         return grads, metrics
 
     return fixed_class_learner(apply_fn, outer_grad)
