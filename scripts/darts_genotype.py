@@ -25,12 +25,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("runs", nargs="+")
     for run_dir in parser.parse_args(argv).runs:
         learner = metarun.load(run_dir)
+        genotype = learner.genotype()  # refuses a run that is not a DARTS search
         weights = np.asarray(jax.nn.softmax(learner.model_params[ARCH], axis=-1))
         print(f"# {run_dir}: softmax(α) by edge (node <- input)")
         print("#       " + " ".join(f"{op:>13}" for op in PRIMITIVES))
         for (i, j), row in zip(cell_edges(learner.config.model.nodes), weights, strict=True):
             print(f"# {i} <- {j} " + " ".join(f"{w:13.3f}" for w in row))
-        print(f"model.genotype=[{','.join(learner.genotype())}]")
+        print(f"model.genotype=[{','.join(genotype)}]")
 
 
 if __name__ == "__main__":

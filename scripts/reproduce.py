@@ -60,6 +60,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from metarun import rundir
 from metarun.report import collect, seed_groups
 from metarun.rundir import RESULT
 
@@ -198,6 +199,11 @@ def _matched(genotype: list[str]) -> tuple[str, ...]:
     """The overrides of a DARTS architecture at the channels whose parameter count is nearest
     Conv-4's (32 filters)."""
     target, low, high = _conv4_params(), 1, 512
+    if _count(genotype, high) < target:  # no convolution: pools and skips have ~30 C weights
+        raise ValueError(
+            f"model.genotype={genotype} has fewer than Conv-4's {target} parameters even at "
+            f"{high} channels: no width matches it"
+        )
     while low < high:  # the smallest width with at least the target's parameters
         mid = (low + high) // 2
         low, high = (mid + 1, high) if _count(genotype, mid) < target else (low, mid)
@@ -393,11 +399,21 @@ def _per_seed_lines(table: Table, args: argparse.Namespace) -> list[str]:
             continue
         lines += ["", f"{setting.name}:"]
         for seed in setting.seeds or args.seeds:
+            run_dir = folder / _dir_name(args.table, setting.name) / f"seed{seed}"
+            if (run_dir / RESULT).exists():  # what it trained, from its own config
+                model = rundir.load_config(run_dir).model
+                genotype = list(model.genotype)
+                size = _count(genotype, model.channels)
+                lines.append(
+                    f"- seed {seed}: `model.genotype=[{','.join(genotype)}] "
+                    f"model.channels={model.channels}` ({size:,} parameters)"
+                )
+                continue
             try:
-                extra = setting.per_seed(seed, folder)
+                extra = " ".join(setting.per_seed(seed, folder))
             except FileNotFoundError as missing:  # the search run it reads is not there yet
-                extra = (str(missing),)
-            lines.append(f"- seed {seed}: `{' '.join(extra)}`")
+                extra = str(missing)
+            lines.append(f"- seed {seed}: not run yet: `{extra}`")
     return lines
 
 

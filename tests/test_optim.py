@@ -47,11 +47,15 @@ def test_cosine_schedule_decays_from_lr_to_min_lr(step):
 
 @pytest.mark.parametrize("name", ["adam", "sgd"])
 def test_arch_lr_scale_scales_the_architecture_weights_step_only(name):
-    params = {"arch": jnp.array([0.0, 0.0]), **PARAMS}
-    grads = {"arch": jnp.array([0.3, -0.2]), **G1}
+    # Meta-SGD's learned step sizes are shaped like the parameters, "arch" among them: not
+    # architecture weights.
+    inner = {"w": jnp.array([0.5, 0.5]), "arch": jnp.array([0.1, 0.1])}
+    params = {"arch": jnp.array([0.0, 0.0]), "w": PARAMS["w"], "inner_lr": inner}
+    grads = {"arch": jnp.array([0.3, -0.2]), "w": G1["w"], "inner_lr": inner}
     scaled = optim.make(OptimConfig(name=name, lr=0.1, arch_lr_scale=10), 10)
     plain = optim.make(OptimConfig(name=name, lr=0.1), 10)
     (u, _), (v, _) = (o.update(grads, o.init(params), params) for o in (scaled, plain))
     np.testing.assert_allclose(u["arch"], 10 * v["arch"], rtol=1e-6)
     np.testing.assert_allclose(u["w"], v["w"], rtol=1e-6)
     np.testing.assert_allclose(u["inner_lr"]["w"], v["inner_lr"]["w"], rtol=1e-6)
+    np.testing.assert_allclose(u["inner_lr"]["arch"], v["inner_lr"]["arch"], rtol=1e-6)

@@ -23,10 +23,12 @@ def decayed(params):
 
 
 def architecture(params):
-    """The ``optim.arch_lr_scale`` mask: True for a DARTS search's architecture weights."""
+    """The ``optim.arch_lr_scale`` mask: True for a DARTS search's architecture weights, not
+    for learned inner step sizes shaped like them (Meta-SGD's ``inner_lr``)."""
 
     def is_arch(path, _) -> bool:
-        return any(getattr(k, "key", None) == ARCH for k in path)
+        keys = [getattr(k, "key", None) for k in path]
+        return keys[-1:] == [ARCH] and "inner_lr" not in keys
 
     return jax.tree_util.tree_map_with_path(is_arch, params)
 

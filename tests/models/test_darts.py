@@ -60,15 +60,16 @@ def test_operations_match_their_references(x64):
     x = rng.normal(size=(2, 7, 6, 3))
     for size, dilation in ((3, 1), (5, 1), (3, 2), (5, 2)):
         kernel = rng.normal(size=(size, size, 3))
-        padded = np.pad(
-            x, ((0, 0), (dilation * (size // 2),) * 2, (dilation * (size // 2),) * 2, (0, 0))
+        grouped = jax.lax.conv_general_dilated(  # XLA's depthwise convolution
+            x,
+            kernel[:, :, None, :],
+            (1, 1),
+            "SAME",
+            rhs_dilation=(dilation, dilation),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=3,
         )
-        expected = np.zeros_like(x)
-        for i in range(size):
-            for j in range(size):
-                view = padded[:, i * dilation : i * dilation + 7, j * dilation : j * dilation + 6]
-                expected += view * kernel[i, j]
-        np.testing.assert_allclose(darts.depthwise(x, kernel, dilation), expected, atol=1e-12)
+        np.testing.assert_allclose(darts.depthwise(x, kernel, dilation), grouped, atol=1e-12)
     same = {"window_shape": (3, 3), "strides": (1, 1), "padding": "SAME"}
     np.testing.assert_allclose(darts.max_pool3x3(x), nn.max_pool(x, **same), atol=1e-12)
     np.testing.assert_allclose(
@@ -117,6 +118,8 @@ def test_architecture_meta_gradient_matches_finite_differences(x64):
     def loss(arch):
         return outer_loss(learner, CLASSIFICATION, {**params, ARCH: arch}, episodes, 1)[0]
 
+    adapted = learner.adapt(params, episodes.support_x[0], episodes.support_y[0], 1, 2)
+    assert not np.allclose(adapted[ARCH], params[ARCH])  # the inner loop adapts α too
     grad = jax.grad(loss)(params[ARCH])
     eps = 1e-6
     numeric = np.zeros(grad.shape)
@@ -135,15 +138,19 @@ def test_derive_keeps_each_nodes_strongest_inputs_and_never_none():
     arch[0, index["none"]], arch[0, index["sep_conv_5x5"]] = 9.0, 1.0  # none never wins
     arch[1, index["max_pool_3x3"]] = 2.0
     arch[2, index["skip_connect"]] = 0.5
-    arch[3, index["dil_conv_3x3"]] = 3.0
-    arch[4, index["avg_pool_3x3"]] = 0.1  # node 3's weakest input: dropped
-    arch[5, index["sep_conv_3x3"]] = 1.0
+    # Node 3's inputs ranked by softmax weight, not by logit: (3,0)'s dil_conv_3x3 has the
+    # largest logit (3), but "none" (5) takes most of its mass, e^3 / (e^5 + e^3 + 6) = 0.12;
+    # (3,1)'s avg_pool_3x3: e^2 / (e^2 + 7) = 0.51; (3,2)'s sep_conv_3x3: e^1.5 / (e^1.5 + 7)
+    # = 0.39. (3,0) is dropped.
+    arch[3, index["none"]], arch[3, index["dil_conv_3x3"]] = 5.0, 3.0
+    arch[4, index["avg_pool_3x3"]] = 2.0
+    arch[5, index["sep_conv_3x3"]] = 1.5
     assert darts.derive(arch, 3) == [
         "sep_conv_5x5",
         "max_pool_3x3",
         "skip_connect",
-        "dil_conv_3x3",
         "none",
+        "avg_pool_3x3",
         "sep_conv_3x3",
     ]
 
