@@ -12,11 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metarun.algos.base import outer_loss
+from metarun.algos.base import outer_loss, task_metrics
 from metarun.algos.maml import maml
 from metarun.config import ARCH, PRIMITIVES, ConfigError, DartsConfig, cell_edges
 from metarun.models import darts
 from metarun.types import CLASSIFICATION, Episode, cross_entropy
+from tests.helpers import task
 
 REPO = Path(__file__).parents[2]
 
@@ -100,7 +101,8 @@ def test_search_network_at_one_hot_weights_is_the_discrete_network(x64):
 
 def test_architecture_meta_gradient_matches_finite_differences(x64):
     """Second-order MAML through one inner step that adapts weights and α alike, the
-    meta-gradient with respect to α at every entry against central differences."""
+    meta-gradient with respect to α at every entry against central differences (and the
+    vmapped meta-batch against its tasks one by one)."""
     rng = np.random.default_rng(2)
     model = darts.Darts(output_dim=2, channels=2, cells=1, nodes=1)  # one edge: every op
     episodes = Episode(
@@ -120,6 +122,9 @@ def test_architecture_meta_gradient_matches_finite_differences(x64):
 
     adapted = learner.adapt(params, episodes.support_x[0], episodes.support_y[0], 1, 2)
     assert not np.allclose(adapted[ARCH], params[ARCH])  # the inner loop adapts α too
+    # The meta-batch's loss, tasks vmapped, is the mean of the tasks' one by one.
+    looped = [task_metrics(learner, CLASSIFICATION, params, task(episodes, t), 1) for t in (0, 1)]
+    np.testing.assert_allclose(loss(params[ARCH]), np.mean([m["loss"] for m in looped]), 1e-12)
     grad = jax.grad(loss)(params[ARCH])
     eps = 1e-6
     numeric = np.zeros(grad.shape)
