@@ -366,6 +366,8 @@ def run(table: Table, setting: Setting, args: argparse.Namespace, out: Path) -> 
 def row(setting: Setting, args: argparse.Namespace, out: Path) -> str:
     seeds = setting.seeds or args.seeds
     runs = [r for r in collect(out) if "mean" in r and r["seed"] in seeds]
+    if setting.per_seed:  # its runs differ by more than the seed: one setting all the same
+        runs = [{**r, "overrides": f"seed={r['seed']}"} for r in runs]
     if not runs:
         return f"| {setting.name} | no finished run | | | | |"
     groups = seed_groups(runs)

@@ -1,5 +1,6 @@
 """scripts/reproduce.py: where each table's runs go and what its table prints."""
 
+import argparse
 import json
 
 import pytest
@@ -101,3 +102,18 @@ def test_darts_architectures_have_conv4s_parameter_count():
     width = int(channels.removeprefix("model.channels="))
     gaps = {c: abs(reproduce._count(genotype, c) - target) for c in (width - 1, width, width + 1)}
     assert gaps[width] == min(gaps.values()) and gaps[width] < 0.05 * target
+
+
+def test_a_setting_with_per_seed_overrides_is_one_row_over_its_seeds(tmp_path):
+    out = tmp_path / "cpu_darts_random"
+    for seed, val, test in ((0, 0.80, 0.90), (1, 0.82, 0.86), (2, 0.84, 0.88)):
+        fake_run(out / f"seed{seed}", seed, val, test)
+        overrides = out / f"seed{seed}" / ".hydra" / "overrides.yaml"
+        genotype = f"- model.genotype=[op{seed}]\n"  # a different architecture per seed
+        overrides.write_text(overrides.read_text() + genotype)
+    setting = next(s for s in reproduce.TABLES["cpu-darts"].settings if s.per_seed)
+    args = argparse.Namespace(seeds=[0, 1, 2])
+    half = 100 * 4.302652729749462 * 0.02 / 3**0.5
+    assert f"| 82.00 ± {half:.2f} | 88.00 ± {half:.2f} | 3 | 1.00 |" in reproduce.row(
+        setting, args, out
+    )
