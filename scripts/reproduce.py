@@ -178,12 +178,11 @@ def _param_count(model_cfg: dict) -> int:
     import jax
     import jax.numpy as jnp
 
+    from metarun import models
     from metarun.config import compose
 
     overrides = [f"model.{k}={v}" for k, v in model_cfg.items() if k != "name"]
     config = compose(["data=omniglot", f"model={model_cfg['name']}", *overrides])
-    from metarun import models
-
     model = models.make(config.model, 5)
     x = jax.ShapeDtypeStruct((2, 28, 28, 1), jnp.float32)
     params = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)["params"]
@@ -207,7 +206,8 @@ def _matched(genotype: list[str]) -> tuple[str, ...]:
     while low < high:  # the smallest width with at least the target's parameters
         mid = (low + high) // 2
         low, high = (mid + 1, high) if _count(genotype, mid) < target else (low, mid)
-    channels = min((low - 1, low), key=lambda c: abs(_count(genotype, c) - target) if c else target)
+    narrower = [low - 1] if low > 1 else []  # the width below, if any: the nearer one wins
+    channels = min([*narrower, low], key=lambda c: abs(_count(genotype, c) - target))
     return ("model=darts", f"model.genotype=[{','.join(genotype)}]", f"model.channels={channels}")
 
 
@@ -392,10 +392,9 @@ def row(setting: Setting, args: argparse.Namespace, out: Path) -> str:
     )
 
 
-def _per_seed_lines(table: Table, args: argparse.Namespace) -> list[str]:
-    """What differed by seed in the settings that have per-seed overrides."""
+def _per_seed_lines(table: Table, args: argparse.Namespace, folder: Path) -> list[str]:
+    """What differed by seed in the settings that have per-seed overrides (runs in ``folder``)."""
     lines = []
-    folder = args.out / f"{table.data}-{args.split}-cpu"
     for setting in table.settings:
         if setting.per_seed is None:
             continue
@@ -449,7 +448,7 @@ def main(argv: list[str] | None = None) -> None:
         if not args.report_only:
             run(table, setting, args, out)
         lines.append(row(setting, args, out))
-    lines += _per_seed_lines(table, args)
+    lines += _per_seed_lines(table, args, out.parent)
     text = "\n".join(lines)
     print(text)
     (args.out / f"{args.table}.md").write_text(text + "\n")

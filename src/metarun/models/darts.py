@@ -105,7 +105,7 @@ def avg_pool3x3(x: jax.Array) -> jax.Array:
 
 
 class Operation(nn.Module):
-    """One of :data:`PRIMITIVES` but ``none``, from ``channels`` maps to ``channels`` maps."""
+    """One of :data:`PRIMITIVES` but ``none``; as many maps out as in."""
 
     op: str
     norm: dict  # BatchStatNorm's attributes
