@@ -27,6 +27,7 @@ declare -A ours=(
   [maml-strided]="--workload maml-omniglot"
   [fomaml-maxpool]="--workload fomaml-omniglot --set model.strided=false"
   [protonet-maxpool]="--workload protonet-omniglot --set model.strided=false"
+  [protonet-maxpool-direct]="--workload protonet-omniglot --set model.strided=false --set model.conv=direct"
   [maml-sinusoid]="--workload maml-sinusoid --steps 100 --warmup 10"
 )
 declare -A theirs=(
@@ -35,9 +36,11 @@ declare -A theirs=(
   [maml-strided]="--algo maml --shots 1 --arch strided"
   [fomaml-maxpool]="--algo fomaml --shots 1 --arch maxpool"
   [protonet-maxpool]="--algo protonet --shots 1 --proto-mode loop"
+  [protonet-maxpool-direct]="--algo protonet --shots 1 --proto-mode loop"
   [maml-sinusoid]="--algo sinusoid --meta-batch 25"
 )
-order=(maml-maxpool maml-strided maml-maxpool-5shot fomaml-maxpool protonet-maxpool maml-sinusoid)
+order=(maml-maxpool maml-strided maml-maxpool-5shot fomaml-maxpool protonet-maxpool
+  protonet-maxpool-direct maml-sinusoid)
 workloads=("${@:-${order[@]}}")
 
 for round in $(seq "$rounds"); do

@@ -256,3 +256,25 @@ def test_a_malicious_mini_imagenet_pickle_is_one_message_and_never_run(tmp_path)
     assert f"{root / 'mini-imagenet-cache-train.pkl'}: refusing to load " in stderr
     assert "Delete it, and use the official pickles or the CSV distribution" in stderr
     assert not marker.exists()
+
+
+def test_protonet_trains_on_omniglot_with_the_direct_convolution(omniglot, tmp_path):
+    # model.conv=direct (custom VJPs around XLA's convolution) through the whole command:
+    # training, validation and the test evaluation, on the real minimal split.
+    proc = run(
+        *FAST,
+        "algo=protonet",
+        *omniglot,
+        "data.train_ways=null",
+        "model.conv=direct",
+        "model.filters=8",
+        "trainer.steps=4",
+        "trainer.log_every=2",
+        "trainer.val_every=4",
+        f"hydra.run.dir={tmp_path}/run",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "conv: direct" in (tmp_path / "run/.hydra/config.yaml").read_text()
+    result = json.loads((tmp_path / "run/result.json").read_text())
+    assert 0 < result["mean"] <= 1

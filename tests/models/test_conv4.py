@@ -168,7 +168,7 @@ def tiny_task(shape, dtype, ways: int = 3, shots: int = 2):
     )
 
 
-@pytest.mark.parametrize("conv", ["xla", "im2col"])
+@pytest.mark.parametrize("conv", ["xla", "im2col", "direct"])
 @pytest.mark.parametrize("strided, shape", [(False, (16, 16, 1)), (True, (8, 8, 1))])
 def test_meta_gradient_through_two_sgd_steps_matches_finite_differences(strided, shape, conv):
     # Second order through BatchNorm: the query loss after two inner steps, in float64.
@@ -242,6 +242,41 @@ def test_im2col_equals_xla_convolution_with_per_task_kernels(stride, size):
             np.testing.assert_allclose(got, want, atol=1e-12)
 
 
+@pytest.mark.parametrize("size", [7, 8])
+def test_direct_convolution_equals_xla_to_second_order_with_per_task_kernels(size):
+    # conv=direct's custom VJPs against XLA's convolution differentiated by JAX: values, the
+    # gradient and the gradient of a function of the gradient (second-order MAML's case),
+    # with respect to the input and the kernel, vmapped over tasks with their own kernels.
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(3, 4, size, size, 2))  # [tasks, batch, H, W, C]
+        kernels = rng.normal(size=(3, 3, 3, 2, 5))
+
+        def xla(x, k):
+            return jax.lax.conv_general_dilated(
+                x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+
+        def direct(x, k):
+            return conv4.direct_conv3x3(x, k, 1)
+
+        np.testing.assert_allclose(
+            jax.vmap(direct)(x, kernels), jax.vmap(xla)(x, kernels), atol=1e-12
+        )
+
+        def second_order(f):
+            def of_gradient(x, k):
+                gx, gk = jax.grad(lambda x, k: jnp.sum(jnp.sin(f(x, k))), argnums=(0, 1))(x, k)
+                return jnp.sum(gx**3) + jnp.sum(jnp.cos(gk))
+
+            return jax.grad(lambda x, k: jnp.sum(jax.vmap(of_gradient)(x, k)), argnums=(0, 1))
+
+        got, want = second_order(direct)(x, kernels), second_order(xla)(x, kernels)
+        for a, b in zip(got, want, strict=True):
+            assert np.linalg.norm(b) > 0
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-9)
+
+
 def test_max_pool_equals_flax_max_pool_on_odd_sizes():
     x = images(3, 2, (7, 9, 3))
     np.testing.assert_array_equal(
@@ -256,7 +291,7 @@ def test_auto_conv_is_im2col_on_cpu_and_unknown_names_are_refused():
         conv4.resolve_conv("winograd")
 
 
-@pytest.mark.parametrize("conv", ["xla", "im2col"])
+@pytest.mark.parametrize("conv", ["xla", "im2col", "direct"])
 def test_max_pool_gradient_under_vmap_and_jit(conv):
     # Regression: a reshape-and-max pool gave jit(grad(vmap(loss))) gradients off by 40-160%
     # on XLA:CPU while eager mode and finite differences agreed. Compare against a loop.

@@ -26,7 +26,7 @@ class MLPConfig:
 
 
 # How Conv-4 and ResNet-12 compute their convolutions (models/conv4.py: resolve_conv).
-CONV_IMPLS = ("auto", "xla", "im2col")
+CONV_IMPLS = ("auto", "xla", "im2col", "direct")
 # Their BatchNorm modes (models/conv4.py: BatchStatNorm).
 BN_MODES = ("transductive", "support", "task_norm", "running")
 

@@ -20,6 +20,13 @@ cuDNN runs it with generic fp32 kernels plus layout transposes, 1,345 kernels pe
 tensor cores (``scripts/bench.py --workload maml-omniglot --set model.conv=xla|im2col``,
 ``scripts/profile_step.py`` for the kernels).
 
+A third, ``conv=direct`` (:func:`direct_conv3x3`), is for weights shared by a batch's tasks,
+as a metric-based learner's encoder: XLA's convolution where XLA:CPU runs it well (the output
+and the input gradient, no im2col buffer) and im2col's product for the kernel gradient. On
+this project's 2-core CPU it runs max-pool ProtoNet 1.5× faster than im2col and MAML's
+per-task passes slower (docs/speed.md has the figures and their command), so ``auto`` does
+not pick it.
+
 BatchNorm has four modes (``model.bn_mode``; :class:`BatchStatNorm`), the ones the
 few-shot literature evaluates with (Bronskill et al. 2020, "TaskNorm", compares them):
 
@@ -152,14 +159,11 @@ def resolve_conv(conv: str) -> str:
     return conv
 
 
-def im2col_conv3x3(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-    """``lax.conv_general_dilated(x, kernel, stride, "SAME")`` for a 3×3 NHWC/HWIO kernel.
-
-    Written out because neither XLA:CPU nor cuDNN has a fast path for the grouped
-    convolutions that ``vmap`` makes of per-task kernels, while both run the batched matrix
-    products well.
-    """
-    _, height, width, channels = x.shape
+def _patches(x: jax.Array, stride: int) -> jax.Array:
+    """The im2col patches of a 3×3 SAME convolution: ``[N, out_h, out_w, 9 C]``, the nine
+    shifted (strided) slices of the padded input on the channel axis, ordered (i, j, c) as
+    an HWIO kernel reshapes."""
+    _, height, width, _ = x.shape
     out_h, out_w = -(-height // stride), -(-width // stride)
     # SAME padding as XLA pads it: the odd pixel, if any, goes after.
     pad_h = max((out_h - 1) * stride + 3 - height, 0)
@@ -167,7 +171,7 @@ def im2col_conv3x3(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     x = jnp.pad(
         x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0))
     )
-    patches = jnp.concatenate(
+    return jnp.concatenate(
         [
             x[
                 :,
@@ -178,8 +182,83 @@ def im2col_conv3x3(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
             for j in range(3)
         ],
         axis=-1,
-    )  # [N, out_h, out_w, 9 C], ordered (i, j, c) as the HWIO kernel reshapes
-    return patches @ kernel.reshape(9 * channels, -1)
+    )
+
+
+def im2col_conv3x3(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """``lax.conv_general_dilated(x, kernel, stride, "SAME")`` for a 3×3 NHWC/HWIO kernel.
+
+    Written out because neither XLA:CPU nor cuDNN has a fast path for the grouped
+    convolutions that ``vmap`` makes of per-task kernels, while both run the batched matrix
+    products well.
+    """
+    return _patches(x, stride) @ kernel.reshape(9 * x.shape[-1], -1)
+
+
+def _xla_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def _flipped(kernel: jax.Array) -> jax.Array:
+    """The kernel of a stride-1 SAME convolution's input gradient: flipped in space, input
+    and output channels swapped."""
+    return jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
+
+
+def direct_conv3x3(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """``lax.conv_general_dilated(x, kernel, stride, "SAME")``, model.conv=direct.
+
+    Stride 1: XLA's convolution for the output and for the input gradient (XLA:CPU runs
+    both as direct convolutions, with no im2col buffer), the kernel gradient as im2col's
+    matrix product (:func:`_kernel_grad`; XLA's own, a convolution with an H×W window, is
+    slower on XLA:CPU: max-pool ProtoNet 7.2 tasks/s with ``conv=xla``, 13.5 with
+    ``direct``, ``scripts/bench.py``). Custom VJPs closed under differentiation, so second-order
+    MAML differentiates through them. Stride 2 (``strided`` Conv-4) is im2col's.
+    """
+    if stride != 1:
+        return im2col_conv3x3(x, kernel, stride)
+    return _direct(x, kernel)
+
+
+@jax.custom_vjp
+def _direct(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return _xla_conv(x, kernel)
+
+
+def _direct_fwd(x, kernel):
+    return _xla_conv(x, kernel), (x, kernel)
+
+
+def _direct_bwd(saved, g):
+    x, kernel = saved
+    # The input gradient is itself a stride-1 convolution, of g by the flipped kernel.
+    return _direct(g, _flipped(kernel)), _kernel_grad(x, g)
+
+
+_direct.defvjp(_direct_fwd, _direct_bwd)
+
+
+@jax.custom_vjp
+def _kernel_grad(x: jax.Array, g: jax.Array) -> jax.Array:
+    """``dW[i, j, c, f] = Σ_{n,h,w} x_pad[n, h+i, w+j, c] g[n, h, w, f]``, the kernel
+    gradient of ``_direct(x, ·)`` at output gradient ``g``."""
+    channels, filters = x.shape[-1], g.shape[-1]
+    return jnp.einsum("nhwk,nhwf->kf", _patches(x, 1), g).reshape(3, 3, channels, filters)
+
+
+def _kernel_grad_fwd(x, g):
+    return _kernel_grad(x, g), (x, g)
+
+
+def _kernel_grad_bwd(saved, d):
+    x, g = saved
+    # Bilinear in (x, g): ⟨d, dW(x, g)⟩ = ⟨_direct(x, d), g⟩ = ⟨x, _direct(g, flipped d)⟩.
+    return _direct(g, _flipped(d)), _direct(x, d)
+
+
+_kernel_grad.defvjp(_kernel_grad_fwd, _kernel_grad_bwd)
 
 
 def max_pool2x2(x: jax.Array) -> jax.Array:
@@ -212,13 +291,15 @@ class Conv3x3(nn.Module):
 
     filters: int
     stride: int
-    conv: str  # "xla" or "im2col", already resolved
+    conv: str  # "xla", "im2col" or "direct", already resolved
 
     @nn.compact
     def __call__(self, x):
         kernel = self.param("kernel", _INIT, (3, 3, x.shape[-1], self.filters))
         if self.conv == "im2col":
             return im2col_conv3x3(x, kernel, self.stride)
+        if self.conv == "direct":
+            return direct_conv3x3(x, kernel, self.stride)
         return jax.lax.conv_general_dilated(
             x,
             kernel,
@@ -253,7 +334,7 @@ class Conv4(nn.Module):
     filters: int
     output_dim: int
     strided: bool = False
-    conv: str = "auto"  # "auto", "xla" or "im2col": see the module docstring
+    conv: str = "auto"  # "auto", "xla", "im2col" or "direct": see the module docstring
     bn_mode: str = "transductive"  # BatchStatNorm's mode, training and context_rows
     bn_training: bool = True
     context_rows: int = 0
