@@ -33,3 +33,20 @@ def test_bf16_meta_steps_keep_float32_master_weights(make_config):
         losses.append(float(metrics["loss"]))
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.meta_params))
     assert np.all(np.isfinite(losses)) and np.mean(losses[-50:]) < 0.7 * np.mean(losses[:50])
+
+
+def test_bf16_runs_through_the_direct_convolution_and_its_gradients():
+    # model.conv=direct's custom VJPs in bfloat16: kernel, input and output gradient share the
+    # dtype; the gradient reaching the float32 parameters is close to the float32 one.
+    model = conv4.Conv4(filters=8, output_dim=5, conv="direct")
+    x = np.random.default_rng(0).uniform(size=(10, 28, 28, 1)).astype(np.float32)
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), x)["params"]
+
+    def grad(precision):
+        apply = models.make_apply(model, precision)
+        return jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(apply(p, x)))))(params)
+
+    full, half = grad("fp32"), grad("bf16")
+    for a, b in zip(jax.tree.leaves(half), jax.tree.leaves(full), strict=True):
+        assert a.dtype == jnp.float32
+        np.testing.assert_allclose(a, b, rtol=0.1, atol=0.1 * np.abs(b).max())

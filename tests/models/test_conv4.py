@@ -242,14 +242,14 @@ def test_im2col_equals_xla_convolution_with_per_task_kernels(stride, size):
             np.testing.assert_allclose(got, want, atol=1e-12)
 
 
-@pytest.mark.parametrize("size", [7, 8])
-def test_direct_convolution_equals_xla_to_second_order_with_per_task_kernels(size):
+@pytest.mark.parametrize("height, width", [(7, 7), (8, 5)])
+def test_direct_convolution_equals_xla_to_second_order_with_per_task_kernels(height, width):
     # conv=direct's custom VJPs against XLA's convolution differentiated by JAX: values, the
     # gradient and the gradient of a function of the gradient (second-order MAML's case),
     # with respect to the input and the kernel, vmapped over tasks with their own kernels.
     with jax.enable_x64(True):
         rng = np.random.default_rng(0)
-        x = rng.normal(size=(3, 4, size, size, 2))  # [tasks, batch, H, W, C]
+        x = rng.normal(size=(3, 4, height, width, 2))  # [tasks, batch, H, W, C]
         kernels = rng.normal(size=(3, 3, 3, 2, 5))
 
         def xla(x, k):

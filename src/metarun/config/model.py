@@ -38,7 +38,9 @@ class Conv4Config:
     name: str = "conv4"
     filters: int = 64  # 64 on Omniglot, 32 on mini-ImageNet (MAML)
     strided: bool = False  # MAML's Omniglot variant: stride-2 convolutions, no max-pool
-    conv: str = "auto"  # auto: im2col on CPU/GPU, XLA's convolution on TPU (same numbers)
+    # auto: im2col on CPU/GPU, XLA's convolution on TPU (same numbers); direct: for weights
+    # a meta-batch's tasks share, metric-based learners on a CPU (models/conv4.py)
+    conv: str = "auto"
     # How BatchNorm normalises a query set: transductive (its own statistics), support (the
     # support set's, MetaBN), task_norm (TaskNorm-I) or running (averages kept in
     # meta-training); models/conv4.py.
@@ -56,7 +58,9 @@ class ResNet12Config:
 
     name: str = "resnet12"
     channels: list[int] = field(default_factory=lambda: [64, 160, 320, 640])  # MetaOptNet
-    conv: str = "auto"  # auto: im2col on CPU/GPU, XLA's convolution on TPU (same numbers)
+    # auto: im2col on CPU/GPU, XLA's convolution on TPU (same numbers); direct: for weights
+    # a meta-batch's tasks share, metric-based learners on a CPU (models/conv4.py)
+    conv: str = "auto"
     # How BatchNorm normalises a query set: transductive (its own statistics), support (the
     # support set's, MetaBN), task_norm (TaskNorm-I) or running (averages kept in
     # meta-training); models/conv4.py.

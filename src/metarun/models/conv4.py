@@ -215,7 +215,9 @@ def direct_conv3x3(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     matrix product (:func:`_kernel_grad`; XLA's own, a convolution with an H×W window, is
     slower on XLA:CPU: max-pool ProtoNet 7.2 tasks/s with ``conv=xla``, 13.5 with
     ``direct``, ``scripts/bench.py``). Custom VJPs closed under differentiation, so second-order
-    MAML differentiates through them. Stride 2 (``strided`` Conv-4) is im2col's.
+    MAML differentiates through them; reverse mode only (``jax.jvp`` and ``jacfwd`` refuse
+    a custom VJP; nothing in metarun uses forward mode). Stride 2 (``strided`` Conv-4) is
+    im2col's.
     """
     if stride != 1:
         return im2col_conv3x3(x, kernel, stride)
