@@ -66,6 +66,8 @@ def test_memory_is_flat_from_step_1000_to_10000(tmp_path):
     print(f"RSS (MiB) at steps 1,000, 5,500 and 10,000: {mib}")
     # A leak grows linearly: keeping one meta-batch of sinusoid episodes (25 tasks × 20 points
     # × x, y: 4 KB) per step would add 35 MiB over the 9,000 steps and 17 MiB over the last
-    # 4,500; allocator slack and the 100 logged records add a few MiB, early.
+    # 4,500; allocator slack and the 100 logged records add a few MiB, early, and on the
+    # Zen 5 CI machine up to 4.0 MiB over the last 4,500 steps too (1.1, 3.1 and 4.0 MiB in
+    # three runs, 2026-12-05), so the bound there is half of that smallest leak's growth.
     assert mib[10_000] - mib[1_000] < 16, mib
-    assert mib[10_000] - mib[5_500] < 4, mib
+    assert mib[10_000] - mib[5_500] < 8, mib
