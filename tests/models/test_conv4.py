@@ -242,36 +242,65 @@ def test_im2col_equals_xla_convolution_with_per_task_kernels(stride, size):
             np.testing.assert_allclose(got, want, atol=1e-12)
 
 
+def second_order(f):
+    """The gradient, with respect to input and kernel, of a function of ``f``'s gradient
+    (second-order MAML's case), vmapped over tasks with their own kernels."""
+
+    def of_gradient(x, k):
+        gx, gk = jax.grad(lambda x, k: jnp.sum(jnp.sin(f(x, k))), argnums=(0, 1))(x, k)
+        return jnp.sum(gx**3) + jnp.sum(jnp.cos(gk))
+
+    return jax.grad(lambda x, k: jnp.sum(jax.vmap(of_gradient)(x, k)), argnums=(0, 1))
+
+
+def xla_conv(x, k):
+    return jax.lax.conv_general_dilated(
+        x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+# (channels, images per task, images whose patches fit the block): an image's channels
+# (the transposed patches), then deeper maps in chunks of 2 of 6, of 1 of 5 (5 is prime:
+# the largest divisor that fits), and all 6 at once.
+@pytest.mark.parametrize("channels, batch, fits", [(2, 4, 1), (8, 6, 2), (8, 5, 2), (8, 6, 6)])
+def test_cpu_im2col_equals_xla_to_second_order_with_per_task_kernels(channels, batch, fits):
+    # im2col's CPU layouts (block_bytes): values, gradients and second-order gradients under
+    # jit, against XLA's convolution differentiated by JAX.
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(1)
+        x = rng.normal(size=(3, batch, 7, 6, channels))
+        kernels = rng.normal(size=(3, 3, 3, channels, 4))
+        block = fits * 7 * 6 * 9 * channels * 8  # bytes of `fits` images' float64 patches
+
+        def cpu(x, k):
+            return conv4.im2col_conv3x3(x, k, 1, block)
+
+        np.testing.assert_allclose(
+            jax.jit(jax.vmap(cpu))(x, kernels), jax.vmap(xla_conv)(x, kernels), atol=1e-12
+        )
+        got = jax.jit(second_order(cpu))(x, kernels)
+        for a, b in zip(got, second_order(xla_conv)(x, kernels), strict=True):
+            assert np.linalg.norm(b) > 0
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-9)
+
+
 @pytest.mark.parametrize("height, width", [(7, 7), (8, 5)])
 def test_direct_convolution_equals_xla_to_second_order_with_per_task_kernels(height, width):
     # conv=direct's custom VJPs against XLA's convolution differentiated by JAX: values, the
-    # gradient and the gradient of a function of the gradient (second-order MAML's case),
-    # with respect to the input and the kernel, vmapped over tasks with their own kernels.
+    # gradient and the gradient of a function of the gradient, with respect to the input and
+    # the kernel, vmapped over tasks with their own kernels.
     with jax.enable_x64(True):
         rng = np.random.default_rng(0)
         x = rng.normal(size=(3, 4, height, width, 2))  # [tasks, batch, H, W, C]
         kernels = rng.normal(size=(3, 3, 3, 2, 5))
 
-        def xla(x, k):
-            return jax.lax.conv_general_dilated(
-                x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-            )
-
         def direct(x, k):
             return conv4.direct_conv3x3(x, k, 1)
 
         np.testing.assert_allclose(
-            jax.vmap(direct)(x, kernels), jax.vmap(xla)(x, kernels), atol=1e-12
+            jax.vmap(direct)(x, kernels), jax.vmap(xla_conv)(x, kernels), atol=1e-12
         )
-
-        def second_order(f):
-            def of_gradient(x, k):
-                gx, gk = jax.grad(lambda x, k: jnp.sum(jnp.sin(f(x, k))), argnums=(0, 1))(x, k)
-                return jnp.sum(gx**3) + jnp.sum(jnp.cos(gk))
-
-            return jax.grad(lambda x, k: jnp.sum(jax.vmap(of_gradient)(x, k)), argnums=(0, 1))
-
-        got, want = second_order(direct)(x, kernels), second_order(xla)(x, kernels)
+        got, want = second_order(direct)(x, kernels), second_order(xla_conv)(x, kernels)
         for a, b in zip(got, want, strict=True):
             assert np.linalg.norm(b) > 0
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-9)

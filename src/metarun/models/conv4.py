@@ -20,12 +20,17 @@ cuDNN runs it with generic fp32 kernels plus layout transposes, 1,345 kernels pe
 tensor cores (``scripts/bench.py --workload maml-omniglot --set model.conv=xla|im2col``,
 ``scripts/profile_step.py`` for the kernels).
 
+On a CPU, im2col lays its work out for the caches (:data:`CPU_PATCH_BLOCK_BYTES`): a deep
+layer runs in chunks of images whose patches stay in the cache, and the first layer keeps
+its small patches transposed, so that XLA:CPU need not transpose the large output gradient
+for the kernel gradient (max-pool MAML 14 -> 19 tasks/s on this project's 2-core CPU; ResNet-12
+ProtoNet 140 -> 195 GFLOP/s; docs/speed.md).
+
 A third, ``conv=direct`` (:func:`direct_conv3x3`), is for weights shared by a batch's tasks,
 as a metric-based learner's encoder: XLA's convolution where XLA:CPU runs it well (the output
-and the input gradient, no im2col buffer) and im2col's product for the kernel gradient. On
-this project's 2-core CPU it runs max-pool ProtoNet 1.5× faster than im2col and MAML's
-per-task passes slower (docs/speed.md has the figures and their command), so ``auto`` does
-not pick it.
+and the input gradient, no im2col buffer) and im2col's product for the kernel gradient.
+MAML's per-task passes run slower with it (docs/speed.md has the figures and their
+command), so ``auto`` does not pick it.
 
 BatchNorm has four modes (``model.bn_mode``; :class:`BatchStatNorm`), the ones the
 few-shot literature evaluates with (Bronskill et al. 2020, "TaskNorm", compares them):
@@ -185,14 +190,79 @@ def _patches(x: jax.Array, stride: int) -> jax.Array:
     )
 
 
-def im2col_conv3x3(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+# On a CPU, im2col computes a layer's stride-1 convolution in chunks of images whose patches
+# (nine times the chunk's input) take at most this many bytes, so that they stay in the
+# caches (32 MiB of L3 on this project's CPU) between being written and multiplied, forward
+# and backward. 8 MiB: 15 of Omniglot's 14×14×64 maps; max-pool MAML 13.4-14.1 -> 16.1-16.3
+# tasks/s with 15 images, 15.8 with 5, 14.5 with 25 (chunks of one task,
+# ``scripts/bench.py --workload maml-omniglot-maxpool --set trainer.task_chunk=1``).
+CPU_PATCH_BLOCK_BYTES = 8 * 2**20
+
+
+def im2col_conv3x3(
+    x: jax.Array, kernel: jax.Array, stride: int, block_bytes: int | None = None
+) -> jax.Array:
     """``lax.conv_general_dilated(x, kernel, stride, "SAME")`` for a 3×3 NHWC/HWIO kernel.
 
     Written out because neither XLA:CPU nor cuDNN has a fast path for the grouped
     convolutions that ``vmap`` makes of per-task kernels, while both run the batched matrix
     products well.
+
+    ``block_bytes`` (a CPU's layout, :data:`CPU_PATCH_BLOCK_BYTES`; ``None`` on a GPU, whose
+    products want the whole batch): a stride-1 layer with a few input channels (an image's)
+    multiplies its patches stored transposed (:func:`_shallow_conv`); a deeper one runs in
+    chunks of images whose patches take at most ``block_bytes`` (:func:`_blocked_conv`).
+    The same sums either way.
     """
+    if block_bytes is not None and stride == 1:
+        if x.shape[-1] < _SHALLOW_CHANNELS:
+            return _shallow_conv(x, kernel)
+        return _blocked_conv(x, kernel, block_bytes)
     return _patches(x, stride) @ kernel.reshape(9 * x.shape[-1], -1)
+
+
+_SHALLOW_CHANNELS = 8  # fewer input channels than this: an image (1 or 3), not features
+
+
+def _shallow_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """A stride-1 layer on an image: the product with the patches stored ``[9 C, pixels]``.
+
+    Its kernel gradient is then ``patches @ g`` in the layouts both are stored in. With the
+    patches ``[pixels, 9 C]`` XLA:CPU transposes the output gradient instead, inside the loop
+    fusion of BatchNorm's and the max-pool's backward passes that computes it, read in the
+    transposed order (Omniglot's first layer: 182 ms of a 2.0 s max-pool MAML step); the
+    transposed patches are a ninth of its size (``C = 1``). The barrier keeps XLA from
+    folding the transpose away. Max-pool MAML 16.3 -> 18.8 tasks/s (chunks of one task).
+    """
+    n, height, width, channels = x.shape
+    patches_t = jax.lax.optimization_barrier(_patches(x, 1).reshape(-1, 9 * channels).T)
+    out = jnp.einsum("kp,kf->pf", patches_t, kernel.reshape(9 * channels, -1))
+    return out.reshape(n, height, width, -1)
+
+
+def _blocked_conv(x: jax.Array, kernel: jax.Array, block_bytes: int) -> jax.Array:
+    """A stride-1 layer in chunks of images (a loop), each chunk's patches at most
+    ``block_bytes``: the largest divisor of the batch that fits, so the chunks are equal.
+
+    Each chunk is recomputed on the backward pass (``jax.checkpoint``), so that its patches
+    are built in the cache there too rather than saved for the kernel gradient.
+    """
+    n, height, width, channels = x.shape
+    per_image = height * width * 9 * channels * x.dtype.itemsize
+    fits = max(1, block_bytes // per_image)
+    chunk = max(d for d in range(1, min(fits, n) + 1) if n % d == 0)
+    flat_kernel = kernel.reshape(9 * channels, -1)
+    if chunk == n:
+        return _patches(x, 1) @ flat_kernel
+
+    @jax.checkpoint
+    def conv(carry, images):
+        return carry, _patches(images, 1) @ flat_kernel
+
+    # lax.map's loop, written as the scan it is: scripts/bench.py counts the FLOPs of a step
+    # with jax.lax.scan unrolled (XLA's cost analysis counts a loop's body once).
+    _, out = jax.lax.scan(conv, None, x.reshape(n // chunk, chunk, height, width, channels))
+    return out.reshape(n, height, width, -1)
 
 
 def _xla_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -299,7 +369,8 @@ class Conv3x3(nn.Module):
     def __call__(self, x):
         kernel = self.param("kernel", _INIT, (3, 3, x.shape[-1], self.filters))
         if self.conv == "im2col":
-            return im2col_conv3x3(x, kernel, self.stride)
+            block = CPU_PATCH_BLOCK_BYTES if jax.default_backend() == "cpu" else None
+            return im2col_conv3x3(x, kernel, self.stride, block)
         if self.conv == "direct":
             return direct_conv3x3(x, kernel, self.stride)
         return jax.lax.conv_general_dilated(
