@@ -17,7 +17,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from metarun import algos, models, warmstart
-from metarun.algos.base import model_params, outer_grad
+from metarun.algos.base import map_chunks, model_params, outer_grad
 from metarun.experiment import Experiment, init_meta_params
 from metarun.models.conv4 import RUNNING_MOMENTUM
 from metarun.types import PRNGKey
@@ -90,7 +90,9 @@ def make_meta_step(exp: Experiment, mesh: Mesh | None = None):
         updates, opt_state = exp.optimizer.update(grads, state.opt_state, state.meta_params)
         meta_params = optax.apply_updates(state.meta_params, updates)
         if running:  # BatchNorm's averages: this meta-batch's statistics, never a gradient
-            meta_params = _update_running_stats(exp, state.meta_params, meta_params, episodes)
+            meta_params = _update_running_stats(
+                exp, state.meta_params, meta_params, episodes, task_chunk
+            )
         metrics["grad_norm"] = optax.tree.norm(grads)
         if skip_nan:
             # A select, not a branch on the host: no device->host sync. The step still counts,
@@ -107,13 +109,21 @@ def make_meta_step(exp: Experiment, mesh: Mesh | None = None):
     return meta_step
 
 
-def _update_running_stats(exp: Experiment, before, after, episodes):
+def _update_running_stats(exp: Experiment, before, after, episodes, task_chunk: int):
     """``after`` (the updated meta-parameters) with BatchNorm's running averages moved towards
-    the statistics of the meta-batch's images under ``before`` (the ones differentiated)."""
+    the statistics of the meta-batch's images under ``before`` (the ones differentiated), the
+    tasks' forward passes in chunks of ``task_chunk`` as the gradient's (a whole meta-batch's
+    at once: ProtoNet's max-pool step 1.1 GiB of intermediates, chunks of one task 0.1)."""
     key = exp.learner.encoder_key
     images = jnp.concatenate([episodes.support_x, episodes.query_x], axis=1)
     old, new = model_params(before, exp.learner), model_params(after, exp.learner)
-    updated = models.update_running_stats(exp.model, old, images, RUNNING_MOMENTUM, into=new)
+
+    def map_tasks(fn):
+        return lambda tasks: map_chunks(jax.vmap(fn), tasks, task_chunk)
+
+    updated = models.update_running_stats(
+        exp.model, old, images, RUNNING_MOMENTUM, into=new, map_tasks=map_tasks
+    )
     return updated if key is None else {**after, key: updated}
 
 

@@ -109,7 +109,7 @@ def in_context(run, module, x, context):
     return run(module.clone(context_rows=rows), stacked)[rows:]
 
 
-def update_running_stats(model, params, images, momentum: float, into=None):
+def update_running_stats(model, params, images, momentum: float, into=None, map_tasks=jax.vmap):
     """``into`` (default ``params``) with BatchNorm's running averages moved from those of
     ``params`` towards the statistics of ``images`` under ``params``.
 
@@ -118,6 +118,8 @@ def update_running_stats(model, params, images, momentum: float, into=None):
     images are one batch, as the training passes normalise them; the per-task means and
     variances are averaged over the tasks, then x̄ ← (1 − momentum) x̄ + momentum x. No
     gradient flows here: the averages change in meta-training only, never in evaluation.
+    ``map_tasks(f)`` maps a function of one task's images over the tasks (the meta-step's
+    passes it in chunks of tasks, as its gradient's).
     """
     from flax import traverse_util
 
@@ -129,7 +131,7 @@ def update_running_stats(model, params, images, momentum: float, into=None):
         )
         return sown["norm_stats"]
 
-    stats = jax.lax.stop_gradient(jax.vmap(task_stats)(images))
+    stats = jax.lax.stop_gradient(map_tasks(task_stats)(images))
     flat = traverse_util.flatten_dict(stats)  # {(..., "norm", "mean_var"): ((mean, var),)}
     averaged = {}
     for path, ((mean, var),) in flat.items():
