@@ -275,6 +275,9 @@ def test_cpu_im2col_equals_xla_to_second_order_with_per_task_kernels(channels, b
         def cpu(x, k):
             return conv4.im2col_conv3x3(x, k, 1, block)
 
+        program = str(jax.make_jaxpr(cpu)(x[0], kernels[0]))  # the path each case takes
+        assert ("optimization_barrier" in program) == (channels < 8)
+        assert ("scan" in program) == (channels >= 8 and fits < batch)
         np.testing.assert_allclose(
             jax.jit(jax.vmap(cpu))(x, kernels), jax.vmap(xla_conv)(x, kernels), atol=1e-12
         )

@@ -212,7 +212,9 @@ def test_the_cli_searches_then_retrains_the_derived_architecture(omniglot, tmp_p
     ]
     search = "optim.arch_lr_scale=100"  # the retrained network has no architecture weights
     fast = [*FAST, "trainer.steps=4", "trainer.val_every=2", "trainer.log_every=2"]
-    proc = run("algo=fomaml", *omniglot, *small, search, *fast, f"hydra.run.dir={tmp_path}/s", cwd=tmp_path)
+    proc = run(
+        "algo=fomaml", *omniglot, *small, search, *fast, f"hydra.run.dir={tmp_path}/s", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     searched = metarun.load(tmp_path / "s")
     weights = np.asarray(jax.nn.softmax(searched.model_params[ARCH], axis=-1))

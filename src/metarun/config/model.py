@@ -38,8 +38,9 @@ class Conv4Config:
     name: str = "conv4"
     filters: int = 64  # 64 on Omniglot, 32 on mini-ImageNet (MAML)
     strided: bool = False  # MAML's Omniglot variant: stride-2 convolutions, no max-pool
-    # auto: im2col on CPU/GPU, XLA's convolution on TPU (same numbers); direct: for weights
-    # a meta-batch's tasks share, metric-based learners on a CPU (models/conv4.py)
+    # auto: im2col on CPU/GPU, XLA's convolution on TPU (same numbers); direct: XLA's
+    # convolution for weights a meta-batch's tasks share (metric-based learners), level with
+    # im2col on this project's CPU (models/conv4.py)
     conv: str = "auto"
     # How BatchNorm normalises a query set: transductive (its own statistics), support (the
     # support set's, MetaBN), task_norm (TaskNorm-I) or running (averages kept in
@@ -58,8 +59,9 @@ class ResNet12Config:
 
     name: str = "resnet12"
     channels: list[int] = field(default_factory=lambda: [64, 160, 320, 640])  # MetaOptNet
-    # auto: im2col on CPU/GPU, XLA's convolution on TPU (same numbers); direct: for weights
-    # a meta-batch's tasks share, metric-based learners on a CPU (models/conv4.py)
+    # auto: im2col on CPU/GPU, XLA's convolution on TPU (same numbers); direct: XLA's
+    # convolution for weights a meta-batch's tasks share (metric-based learners), level with
+    # im2col on this project's CPU (models/conv4.py)
     conv: str = "auto"
     # How BatchNorm normalises a query set: transductive (its own statistics), support (the
     # support set's, MetaBN), task_norm (TaskNorm-I) or running (averages kept in

@@ -190,12 +190,14 @@ def _patches(x: jax.Array, stride: int) -> jax.Array:
     )
 
 
-# On a CPU, im2col computes a layer's stride-1 convolution in chunks of images whose patches
-# (nine times the chunk's input) take at most this many bytes, so that they stay in the
-# caches (32 MiB of L3 on this project's CPU) between being written and multiplied, forward
-# and backward. 8 MiB: 15 of Omniglot's 14×14×64 maps; max-pool MAML 13.4-14.1 -> 16.1-16.3
-# tasks/s with 15 images, 15.8 with 5, 14.5 with 25 (chunks of one task,
-# ``scripts/bench.py --workload maml-omniglot-maxpool --set trainer.task_chunk=1``).
+# On a CPU, im2col computes a deep stride-1 layer in chunks of images whose patches (nine
+# times the chunk's input) take at most this many bytes, so that they stay in the caches
+# (32 MiB of L3 on this project's CPU) between being written and multiplied, forward and
+# backward. The bound is per task: under ``vmap`` over a chunk of tasks each loop step holds
+# that many tasks' patches, so it is met with ``trainer.task_chunk=1``, the CPU's setting.
+# 8 MiB holds 18 of Omniglot's 14×14×64 maps, so a task's 75 queries go in chunks of 15:
+# max-pool MAML 13.4-14.1 -> 16.1-16.3 tasks/s; chunks of 5 images: 15.8, of 25: 14.5
+# (``scripts/bench.py --workload maml-omniglot-maxpool --set trainer.task_chunk=1``).
 CPU_PATCH_BLOCK_BYTES = 8 * 2**20
 
 
@@ -221,7 +223,9 @@ def im2col_conv3x3(
     return _patches(x, stride) @ kernel.reshape(9 * x.shape[-1], -1)
 
 
-_SHALLOW_CHANNELS = 8  # fewer input channels than this: an image (1 or 3), not features
+# Fewer input channels than this (an image's 1 or 3, or a tiny test model's maps): patches
+# small enough to store transposed whole.
+_SHALLOW_CHANNELS = 8
 
 
 def _shallow_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
