@@ -142,6 +142,22 @@ def test_map_chunks_returns_every_task_in_order():
         map_chunks(fn, tasks, 5)
 
 
+def test_task_chunks_run_each_forward_pass_once(config_for):
+    """``trainer.task_chunk`` accumulates the chunks' gradients in one loop: no chunk is
+    rematerialised for a second backward loop (each forward pass computed twice, 25% of
+    max-pool MAML's step), and the loop runs once per chunk."""
+    exp = build(config_for("maml", "trainer.meta_batch=8"))
+    state = init_state(exp, rng_streams(0)[0])
+    episodes = jax.vmap(exp.source.samplers["train"])(jax.random.split(jax.random.key(0), 8))
+    steps = inner_steps(exp.learner, exp.config.algo)
+    chunked = jax.make_jaxpr(
+        lambda mp: outer_grad(exp.learner, exp.source.objective, mp, episodes, steps, 0, 2)
+    )(state.meta_params)
+    loops = [e for e in chunked.eqns if e.primitive.name == "scan"]
+    assert [e.params["length"] for e in loops] == [4]
+    assert "remat" not in str(chunked) and "checkpoint" not in str(chunked)
+
+
 @pytest.mark.parametrize(
     "name, overrides",
     [

@@ -17,7 +17,7 @@ A meta-learner is a tuple of pure functions (in the spirit of optax's
 
 The shared outer objective adapts on each support set, scores on the query set,
 and averages over the tasks of a meta-batch with ``jax.vmap`` (``trainer.task_chunk``: a
-chunk of tasks at a time, :func:`map_chunks`):
+chunk of tasks at a time, the chunks' gradients summed, :func:`outer_grad`):
 
     L(θ) = 1/T Σ_t L_query_t(adapt(θ, support_t)).
 
@@ -197,49 +197,56 @@ def task_metrics(
     return metrics
 
 
+def per_task_metrics(
+    learner: MetaLearner,
+    objective: Objective,
+    meta_params: MetaParams,
+    episodes: Episode,
+    num_steps: int,
+) -> dict[str, Array]:
+    """Each task's :func:`task_metrics` for a batch of episodes (leading axis), ``[tasks]``
+    arrays: the tasks vmapped, all at once."""
+    return jax.vmap(lambda e: task_metrics(learner, objective, meta_params, e, num_steps))(episodes)
+
+
 def outer_loss(
     learner: MetaLearner,
     objective: Objective,
     meta_params: MetaParams,
     episodes: Episode,
     num_steps: int,
-    task_chunk: int = 0,
 ) -> tuple[Array, dict[str, Array]]:
-    """Mean post-adaptation query loss over a meta-batch (leading axis of ``episodes``).
-
-    ``task_chunk`` (``trainer.task_chunk`` times the devices): adapt that many tasks at once,
-    the chunks one after another (:func:`map_chunks`); 0 = all the tasks at once.
-    """
-    per_task = jax.vmap(lambda e: task_metrics(learner, objective, meta_params, e, num_steps))
-    metrics = jax.tree.map(jnp.mean, map_chunks(per_task, episodes, task_chunk))
+    """Mean post-adaptation query loss over a meta-batch (leading axis of ``episodes``) and the
+    mean of each metric, all the tasks at once (:func:`outer_grad` takes them in chunks)."""
+    metrics = per_task_metrics(learner, objective, meta_params, episodes, num_steps)
+    metrics = jax.tree.map(jnp.mean, metrics)
     return metrics["loss"], metrics
+
+
+def _split(tasks, chunk: int):
+    """``[size, ...]`` leaves -> ``[n, chunk, ...]``, chunk ``i`` = tasks ``i, i + n, ...``
+    (``n = size / chunk``): where the task axis is split over devices in contiguous blocks,
+    each device keeps its share of every chunk."""
+    size = jax.tree.leaves(tasks)[0].shape[0]
+    if size % chunk:
+        raise ValueError(f"a chunk of {chunk} tasks does not divide the {size} tasks")
+    n = size // chunk
+    return jax.tree.map(lambda x: jnp.swapaxes(x.reshape(chunk, n, *x.shape[1:]), 0, 1), tasks)
+
+
+def _join(chunks):
+    """The inverse of :func:`_split`: ``[n, chunk, ...]`` -> ``[size, ...]`` in task order."""
+    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:]), chunks)
 
 
 def map_chunks(fn: Callable, tasks, chunk: int):
     """``fn(tasks)`` for a ``fn`` vmapped over the leading (task) axis, run ``chunk`` tasks at a
-    time in a loop (``lax.map``), each chunk recomputed on the backward pass (``jax.checkpoint``).
-
-    Second-order MAML keeps every activation of every task for its backward pass: on a CPU the
-    whole meta-batch's (5 GiB for max-pool Conv-4 at 32 tasks) streams through memory several
-    times, while one chunk's stays in cache. Chunk ``i`` holds tasks ``i, i + n, i + 2n, ...``
-    (``n`` chunks): where the task axis is split over devices in contiguous blocks, each device
-    keeps its share of every chunk. The outputs come back in task order.
-    """
+    time in a loop (``lax.map``), for forward passes (BatchNorm's running averages); the
+    outputs come back in task order. 0 (or the whole batch) = all at once."""
     size = jax.tree.leaves(tasks)[0].shape[0]
     if not chunk or chunk >= size:
         return fn(tasks)
-    if size % chunk:
-        raise ValueError(f"a chunk of {chunk} tasks does not divide the {size} tasks")
-    n = size // chunk
-
-    def split(x):  # [size, ...] -> [n, chunk, ...], chunk i = tasks i, i + n, ...
-        return jnp.swapaxes(x.reshape(chunk, n, *x.shape[1:]), 0, 1)
-
-    def join(x):  # the inverse
-        return jnp.swapaxes(x, 0, 1).reshape(size, *x.shape[2:])
-
-    out = jax.lax.map(jax.checkpoint(fn), jax.tree.map(split, tasks))
-    return jax.tree.map(join, out)
+    return _join(jax.lax.map(fn, _split(tasks, chunk)))
 
 
 def batch_mean_grad(metrics_fn: Callable, params: Params, batches) -> tuple[Params, dict]:
@@ -264,14 +271,41 @@ def outer_grad(
     step: Array | int = 0,
     task_chunk: int = 0,
 ) -> tuple[MetaParams, dict[str, Array]]:
-    """The meta-gradient of a meta-batch and its metrics (the learner's own, if it has one);
-    ``step`` is the number of outer updates done; ``task_chunk`` as :func:`outer_loss`'s."""
+    """The meta-gradient of a meta-batch (the gradient of :func:`outer_loss`) and its metrics,
+    or the learner's own; ``step`` is the number of outer updates done.
+
+    ``task_chunk`` (``trainer.task_chunk`` times the devices): the tasks ``task_chunk`` at a
+    time in a loop (chunk ``i`` = tasks ``i, i + n, ...``, :func:`_split`), each
+    chunk's gradient computed and added before the next chunk starts, so that only one
+    chunk's activations are alive: second-order MAML keeps every activation of every task for
+    its backward pass, and on a CPU a whole meta-batch's (5 GiB for max-pool Conv-4 at 32
+    tasks) streams through memory several times while one chunk's stays in cache. 0 = all
+    the tasks at once. The same gradient up to float summation order.
+    """
     if learner.outer_grad is not None:
         if task_chunk:
             raise ValueError("task_chunk is for learners without their own outer_grad")
         return learner.outer_grad(meta_params, episodes, num_steps, step)
-    grad_fn = jax.grad(
-        lambda mp: outer_loss(learner, objective, mp, episodes, num_steps, task_chunk),
-        has_aux=True,
-    )
-    return grad_fn(meta_params)
+    size = jax.tree.leaves(episodes)[0].shape[0]
+
+    def loss(mp, tasks):  # these tasks' share of the mean loss
+        metrics = per_task_metrics(learner, objective, mp, tasks, num_steps)
+        return jnp.sum(metrics["loss"]) / size, metrics
+
+    grad_fn = jax.grad(loss, has_aux=True)
+    if not task_chunk or task_chunk >= size:
+        grads, metrics = grad_fn(meta_params, episodes)
+    else:
+        # Gradient accumulation. Differentiating a loop over the chunks instead (jax.grad of
+        # a lax.map) keeps every chunk's activations for the backward loop, or with each
+        # chunk under jax.checkpoint (metarun before 2026-12-06) computes every forward pass
+        # twice: max-pool MAML 17.7 -> 21.7 tasks/s on this project's 2-core CPU
+        # (docs/speed.md).
+        def accumulate(total, tasks):
+            grads, metrics = grad_fn(meta_params, tasks)
+            return jax.tree.map(jnp.add, total, grads), metrics
+
+        zeros = jax.tree.map(jnp.zeros_like, meta_params)
+        grads, metrics = jax.lax.scan(accumulate, zeros, _split(episodes, task_chunk))
+        metrics = _join(metrics)
+    return grads, jax.tree.map(jnp.mean, metrics)
