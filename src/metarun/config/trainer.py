@@ -18,8 +18,9 @@ class TrainerConfig:
     devices: str = "all"  # split each meta-batch over this many devices ("all" or N)
     precision: str = "fp32"  # bf16: forward passes in bfloat16, float32 master weights
     # Tasks each device adapts at once (0 = its whole share of the meta-batch): the meta-batch
-    # then runs as a loop of chunks, each recomputed on the backward pass (algos/base.py
-    # outer_loss). Less memory, and faster where the activations then stay in cache (CPU).
+    # then runs as a loop of chunks, each chunk's gradient computed and added before the next
+    # (algos/base.py outer_grad). Less memory, and faster where the activations then stay in
+    # cache (CPU).
     task_chunk: int = 0
     # Join other processes: auto (when SLURM starts several tasks), on, off.
     distributed: str = "auto"
