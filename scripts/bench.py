@@ -18,8 +18,8 @@ started (GPU/TPU only): bench one workload per process to read that workload's o
     python scripts/bench.py --workload maml-mini-imagenet-resnet12 --compile-only
 
 Arithmetic: ``gflop_per_task`` is XLA's count (HLO cost analysis) of the step as traced, the
-whole meta-batch at once and the inner loop unrolled (the analysis counts a loop's body once;
-a chunked step's recomputation is not the algorithm's work), before XLA's optimisations (which
+whole meta-batch at once and the inner loop unrolled (the analysis counts a loop's body once,
+so a step in task chunks would count one chunk), before XLA's optimisations (which
 change it by a few per cent). ``peak_fraction`` is the achieved rate over this machine's
 matrix-product peak, measured first: the best of five 2048 × 2048 float32 products; the
 memory stream beside it (the best of five elementwise passes over a 1 GiB array, bytes read

@@ -65,9 +65,12 @@ def test_memory_is_flat_from_step_1000_to_10000(tmp_path):
     mib = {int(k): v for k, v in json.loads(proc.stdout.split("RSS ")[1]).items()}
     print(f"RSS (MiB) at steps 1,000, 5,500 and 10,000: {mib}")
     # A leak grows linearly: keeping one meta-batch of sinusoid episodes (25 tasks × 20 points
-    # × x, y: 4 KB) per step would add 35 MiB over the 9,000 steps and 17 MiB over the last
-    # 4,500; allocator slack and the 100 logged records add a few MiB, early, and on the
-    # Zen 5 CI machine up to 4.0 MiB over the last 4,500 steps too (1.1, 3.1 and 4.0 MiB in
-    # three runs, 2026-12-05), so the bound there is half of that smallest leak's growth.
-    assert mib[10_000] - mib[1_000] < 16, mib
-    assert mib[10_000] - mib[5_500] < 8, mib
+    # × x, y: 4 KB) per step would add 35 MiB over the 9,000 steps and 17 MiB over each half of
+    # them. Allocator slack and the 100 logged records add a few MiB, in steps rather than
+    # steadily: on the Zen 5 CI machine 1.1-4.4 MiB over the last 4,500 steps in six runs
+    # (2026-12-05/06), and once, in a whole `make test`, 5.7 and 8.3 MiB over the two halves,
+    # 14.0 in all (2026-12-06). So: under 20 MiB in all, and under 8 MiB over at least one half
+    # (a leak grows both halves by twice that).
+    first, second = mib[5_500] - mib[1_000], mib[10_000] - mib[5_500]
+    assert mib[10_000] - mib[1_000] < 20, mib
+    assert min(first, second) < 8, mib

@@ -298,8 +298,8 @@ def outer_grad(
     else:
         # Gradient accumulation. Differentiating a loop over the chunks instead (jax.grad of
         # a lax.map) keeps every chunk's activations for the backward loop, or with each
-        # chunk under jax.checkpoint (metarun before 2026-12-06) computes every forward pass
-        # twice: max-pool MAML 17.7 -> 21.7 tasks/s on this project's 2-core CPU
+        # chunk under jax.checkpoint (metarun before commit 419fe4f) computes every forward
+        # pass twice: max-pool MAML's step 1,854 -> 1,477 ms on this project's 2-core CPU
         # (docs/speed.md).
         def accumulate(total, tasks):
             grads, metrics = grad_fn(meta_params, tasks)
