@@ -242,15 +242,17 @@ def test_im2col_equals_xla_convolution_with_per_task_kernels(stride, size):
             np.testing.assert_allclose(got, want, atol=1e-12)
 
 
-def second_order(f):
+def second_order(f, shared: bool = False):
     """The gradient, with respect to input and kernel, of a function of ``f``'s gradient
-    (second-order MAML's case), vmapped over tasks with their own kernels."""
+    (second-order MAML's case), vmapped over tasks with their own kernels, or one kernel
+    ``shared`` by them (the first inner step's support pass, every ProtoNet pass)."""
 
     def of_gradient(x, k):
         gx, gk = jax.grad(lambda x, k: jnp.sum(jnp.sin(f(x, k))), argnums=(0, 1))(x, k)
         return jnp.sum(gx**3) + jnp.sum(jnp.cos(gk))
 
-    return jax.grad(lambda x, k: jnp.sum(jax.vmap(of_gradient)(x, k)), argnums=(0, 1))
+    in_axes = (0, None if shared else 0)
+    return jax.grad(lambda x, k: jnp.sum(jax.vmap(of_gradient, in_axes)(x, k)), argnums=(0, 1))
 
 
 def xla_conv(x, k):
@@ -262,27 +264,32 @@ def xla_conv(x, k):
 # (channels, images per task, images whose patches fit the block): an image's channels
 # (the transposed patches), then deeper maps in chunks of 2 of 6, of 1 of 5 (5 is prime:
 # the largest divisor that fits), and all 6 at once.
+@pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("channels, batch, fits", [(2, 4, 1), (8, 6, 2), (8, 5, 2), (8, 6, 6)])
-def test_cpu_im2col_equals_xla_to_second_order_with_per_task_kernels(channels, batch, fits):
+def test_cpu_im2col_equals_xla_to_second_order(channels, batch, fits, shared):
     # im2col's CPU layouts (block_bytes): values, gradients and second-order gradients under
-    # jit, against XLA's convolution differentiated by JAX.
+    # jit, against XLA's convolution differentiated by JAX, with per-task or shared kernels.
     with jax.enable_x64(True):
         rng = np.random.default_rng(1)
         x = rng.normal(size=(3, batch, 7, 6, channels))
-        kernels = rng.normal(size=(3, 3, 3, channels, 4))
+        kernels = rng.normal(size=(3, 3, channels, 4) if shared else (3, 3, 3, channels, 4))
+        in_axes = (0, None if shared else 0)
         block = fits * 7 * 6 * 9 * channels * 8  # bytes of `fits` images' float64 patches
 
         def cpu(x, k):
             return conv4.im2col_conv3x3(x, k, 1, block)
 
-        program = str(jax.make_jaxpr(cpu)(x[0], kernels[0]))  # the path each case takes
-        assert ("optimization_barrier" in program) == (channels < 8)
+        kernel = kernels if shared else kernels[0]
+        program = str(jax.make_jaxpr(cpu)(x[0], kernel))  # the path each case takes
+        assert ("custom_vjp" in program) == (channels < 8)
         assert ("scan" in program) == (channels >= 8 and fits < batch)
         np.testing.assert_allclose(
-            jax.jit(jax.vmap(cpu))(x, kernels), jax.vmap(xla_conv)(x, kernels), atol=1e-12
+            jax.jit(jax.vmap(cpu, in_axes))(x, kernels),
+            jax.vmap(xla_conv, in_axes)(x, kernels),
+            atol=1e-12,
         )
-        got = jax.jit(second_order(cpu))(x, kernels)
-        for a, b in zip(got, second_order(xla_conv)(x, kernels), strict=True):
+        got = jax.jit(second_order(cpu, shared))(x, kernels)
+        for a, b in zip(got, second_order(xla_conv, shared)(x, kernels), strict=True):
             assert np.linalg.norm(b) > 0
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-9)
 

@@ -76,6 +76,8 @@ References:
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -218,7 +220,7 @@ def im2col_conv3x3(
     """
     if block_bytes is not None and stride == 1:
         if x.shape[-1] < _SHALLOW_CHANNELS:
-            return _shallow_conv(x, kernel)
+            return _shallow_conv(x, kernel, block_bytes)
         return _blocked_conv(x, kernel, block_bytes)
     return _patches(x, stride) @ kernel.reshape(9 * x.shape[-1], -1)
 
@@ -228,20 +230,73 @@ def im2col_conv3x3(
 _SHALLOW_CHANNELS = 8
 
 
-def _shallow_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """A stride-1 layer on an image: the product with the patches stored ``[9 C, pixels]``.
+def _shallow_conv(x: jax.Array, kernel: jax.Array, block_bytes: int) -> jax.Array:
+    """A stride-1 layer on an image: im2col's product, whose kernel gradient multiplies the
+    patches stored transposed, ``[9 C, pixels] @ [pixels, filters]``, the layouts both
+    operands are stored in (:func:`_shallow_kernel_grad`).
 
-    Its kernel gradient is then ``patches @ g`` in the layouts both are stored in. With the
-    patches ``[pixels, 9 C]`` XLA:CPU transposes the output gradient instead, inside the loop
-    fusion of BatchNorm's and the max-pool's backward passes that computes it, read in the
-    transposed order (Omniglot's first layer: 182 ms of a 2.0 s max-pool MAML step); the
-    transposed patches are a ninth of its size (``C = 1``). The barrier keeps XLA from
-    folding the transpose away. Max-pool MAML 16.3 -> 18.8 tasks/s (chunks of one task).
+    XLA:CPU otherwise transposes the output gradient for it instead, inside the loop fusion
+    of BatchNorm's and the max-pool's backward passes that computes it, written in the
+    transposed order: the transposed patches are a ninth of its size (``C = 1``). A custom
+    VJP rather than the transposed patches in the forward product too: there XLA's layout
+    assignment lays them out untransposed again when the kernel is shared by the tasks of a
+    batch (ProtoNet's encoder), and runs the product on Eigen rather than YNNPACK. One
+    profile each (``scripts/profile_step.py ... --set trainer.task_chunk=1``), before and
+    after: max-pool ProtoNet 1,785 -> 1,725 ms a step, first-order MAML 1,454 -> 1,390,
+    second-order MAML 1,514 -> 1,506 (its per-task kernels kept the transposed layout).
+    Closed under differentiation, so second-order MAML differentiates through it; reverse
+    mode only, as :func:`direct_conv3x3`. ``block_bytes`` is for the input gradient, a deep
+    layer's convolution.
     """
+    return _shallow(x, kernel, block_bytes)
+
+
+def _shallow_product(x: jax.Array, kernel: jax.Array) -> jax.Array:
     n, height, width, channels = x.shape
-    patches_t = jax.lax.optimization_barrier(_patches(x, 1).reshape(-1, 9 * channels).T)
-    out = jnp.einsum("kp,kf->pf", patches_t, kernel.reshape(9 * channels, -1))
+    out = _patches(x, 1).reshape(-1, 9 * channels) @ kernel.reshape(9 * channels, -1)
     return out.reshape(n, height, width, -1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _shallow(x: jax.Array, kernel: jax.Array, block_bytes: int) -> jax.Array:
+    return _shallow_product(x, kernel)
+
+
+def _shallow_fwd(x, kernel, block_bytes):
+    return _shallow_product(x, kernel), (x, kernel)
+
+
+def _shallow_bwd(block_bytes, saved, g):
+    x, kernel = saved
+    # The input gradient is itself a stride-1 convolution, of g by the flipped kernel.
+    dx = im2col_conv3x3(g, _flipped(kernel), 1, block_bytes)
+    return dx, _shallow_kernel_grad(x, g, block_bytes)
+
+
+_shallow.defvjp(_shallow_fwd, _shallow_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _shallow_kernel_grad(x: jax.Array, g: jax.Array, block_bytes: int) -> jax.Array:
+    """``dW[i, j, c, f] = Σ_{n,h,w} x_pad[n, h+i, w+j, c] g[n, h, w, f]``, the kernel
+    gradient of ``_shallow(x, ·)`` at output gradient ``g``, with the patches transposed
+    (the barrier keeps XLA from folding the transpose into the product's dimensions)."""
+    channels, filters = x.shape[-1], g.shape[-1]
+    patches_t = jax.lax.optimization_barrier(_patches(x, 1).reshape(-1, 9 * channels).T)
+    return (patches_t @ g.reshape(-1, filters)).reshape(3, 3, channels, filters)
+
+
+def _shallow_kernel_grad_fwd(x, g, block_bytes):
+    return _shallow_kernel_grad(x, g, block_bytes), (x, g)
+
+
+def _shallow_kernel_grad_bwd(block_bytes, saved, d):
+    x, g = saved
+    # Bilinear in (x, g), as _kernel_grad.
+    return im2col_conv3x3(g, _flipped(d), 1, block_bytes), _shallow(x, d, block_bytes)
+
+
+_shallow_kernel_grad.defvjp(_shallow_kernel_grad_fwd, _shallow_kernel_grad_bwd)
 
 
 def _blocked_conv(x: jax.Array, kernel: jax.Array, block_bytes: int) -> jax.Array:
