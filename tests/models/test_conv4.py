@@ -323,6 +323,42 @@ def test_max_pool_equals_flax_max_pool_on_odd_sizes():
     )
 
 
+def sliced_max_pool(x):
+    """The pool's maxima of strided slices, differentiated by JAX (no custom VJP)."""
+    x = x[:, : x.shape[1] // 2 * 2, : x.shape[2] // 2 * 2]
+    rows = jnp.maximum(x[:, 0::2], x[:, 1::2])
+    return jnp.maximum(rows[:, :, 0::2], rows[:, :, 1::2])
+
+
+@pytest.mark.parametrize("shape", [(3, 7, 9, 4), (2, 8, 8, 3)])
+def test_max_pool_gradient_is_jaxs_own_at_ties_to_second_order(shape):
+    # The custom VJP against JAX's derivative of the same maxima, bit for bit: ties (four
+    # equal values, two in a column, ReLU's zeros) split the gradient as lax.max does.
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=shape)
+        x[0, :2, :2, 0] = 1.5
+        x[1, 2:4, 2, 1] = 0.7
+        x = np.maximum(x, 0.0)
+        g = rng.normal(size=sliced_max_pool(x).shape)
+
+        def grad(pool):
+            return jax.jit(jax.grad(lambda x: jnp.sum(pool(x) * g)))(x)
+
+        def of_gradient(pool):  # a function of the input gradient, differentiated again
+            return jax.grad(
+                lambda s: jnp.sum(jnp.sin(jax.grad(lambda x: jnp.sum(jnp.tanh(pool(s * x))))(x)))
+            )(1.3)
+
+        np.testing.assert_array_equal(conv4.max_pool2x2(x), sliced_max_pool(x))
+        np.testing.assert_array_equal(grad(conv4.max_pool2x2), grad(sliced_max_pool))
+        # The four-way tie: each of the window's values gets a quarter of its gradient.
+        np.testing.assert_array_equal(grad(conv4.max_pool2x2)[0, :2, :2, 0], g[0, 0, 0, 0] / 4)
+        np.testing.assert_allclose(
+            of_gradient(conv4.max_pool2x2), of_gradient(sliced_max_pool), rtol=1e-12
+        )
+
+
 def test_auto_conv_is_im2col_on_cpu_and_unknown_names_are_refused():
     expected = "im2col" if jax.default_backend() in ("cpu", "gpu") else "xla"
     assert conv4.resolve_conv("auto") == expected

@@ -392,6 +392,7 @@ def _kernel_grad_bwd(saved, d):
 _kernel_grad.defvjp(_kernel_grad_fwd, _kernel_grad_bwd)
 
 
+@jax.custom_vjp
 def max_pool2x2(x: jax.Array) -> jax.Array:
     """2×2 max-pool, stride 2, VALID (odd edges dropped), as the maximum of four strided slices.
 
@@ -399,11 +400,42 @@ def max_pool2x2(x: jax.Array) -> jax.Array:
     and its scatter gradient). Not ``x.reshape(..., 2, ..., 2, C).max((2, 4))``: under ``vmap``,
     ``jit(grad(...))`` of that form gave wrong gradients on XLA:CPU (jax 0.10.2; eager and
     finite differences disagreed with it), see ``test_max_pool_gradient_under_vmap_and_jit``.
+
+    Its gradient (:func:`_max_pool_bwd`) is JAX's own for these maxima, written as one
+    elementwise pass over the input's 2×2 windows: differentiated by JAX, the strided slices'
+    transposes are padded copies of the input's size, two levels of them. Max-pool ProtoNet
+    1,927 -> 1,788 ms a step (``protonet-omniglot-maxpool``, ``trainer.task_chunk=1``: both
+    steps compiled in one process and timed alternately, 5 rounds of 4 steps, medians);
+    second-order MAML level (1,629 -> 1,547 and 1,303 -> 1,322 in two such runs).
     """
     height, width = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2
     x = x[:, :height, :width]
     rows = jnp.maximum(x[:, 0::2], x[:, 1::2])
     return jnp.maximum(rows[:, :, 0::2], rows[:, :, 1::2])
+
+
+def _max_weight(a: jax.Array, b: jax.Array) -> jax.Array:
+    """The derivative of ``jnp.maximum(a, b)`` with respect to ``a``: 1 where ``a`` is the
+    larger, 0.5 at a tie, 0 where ``b`` is the larger or either is NaN (``lax.max``'s rule)."""
+    return jnp.where(a > b, 1.0, jnp.where(a == b, 0.5, 0.0))
+
+
+def _max_pool_fwd(x):
+    return max_pool2x2(x), x
+
+
+def _max_pool_bwd(x, g):
+    n, height, width, channels = x.shape
+    h, w = height // 2, width // 2
+    # The 2×2 windows as axes of a view: x6[n, i, a, j, b, c] = x[n, 2i + a, 2j + b, c].
+    x6 = x[:, : 2 * h, : 2 * w].reshape(n, h, 2, w, 2, channels)
+    rows = jnp.maximum(x6[:, :, :1], x6[:, :, 1:])  # the forward's first maxima
+    weight = _max_weight(x6, jnp.flip(x6, 2)) * _max_weight(rows, jnp.flip(rows, 4))
+    dx = (g[:, :, None, :, None, :] * weight.astype(g.dtype)).reshape(n, 2 * h, 2 * w, -1)
+    return (jnp.pad(dx, ((0, 0), (0, height - 2 * h), (0, width - 2 * w), (0, 0))),)
+
+
+max_pool2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def norm_settings(model) -> dict:
