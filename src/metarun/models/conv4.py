@@ -21,9 +21,9 @@ tensor cores (``scripts/bench.py --workload maml-omniglot --set model.conv=xla|i
 ``scripts/profile_step.py`` for the kernels).
 
 On a CPU, im2col lays its work out for the caches (:data:`CPU_PATCH_BLOCK_BYTES`): a deep
-layer runs in chunks of images whose patches stay in the cache, and the first layer keeps
-its small patches transposed, so that XLA:CPU need not transpose the large output gradient
-for the kernel gradient (max-pool MAML 14 -> 19 tasks/s on this project's 2-core CPU; ResNet-12
+layer runs in chunks of images whose patches stay in the cache, and the first layer's kernel
+gradient multiplies its small patches transposed, so that XLA:CPU need not transpose the
+large output gradient (max-pool MAML 14 -> 19 tasks/s on this project's 2-core CPU; ResNet-12
 ProtoNet 140 -> 195 GFLOP/s; docs/speed.md).
 
 A third, ``conv=direct`` (:func:`direct_conv3x3`), is for weights shared by a batch's tasks,
