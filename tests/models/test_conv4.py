@@ -261,18 +261,23 @@ def xla_conv(x, k):
     )
 
 
-# (channels, images per task, images whose patches fit the block): an image's channels
-# (the transposed patches), then deeper maps in chunks of 2 of 6, of 1 of 5 (5 is prime:
-# the largest divisor that fits), and all 6 at once.
+# (channels, filters, images per task, images whose patches fit the block): an image's
+# channels (the custom VJP; with 8 filters its input gradient is a deep layer's, in chunks),
+# then deeper maps in chunks of 2 of 6, of 1 of 5 (5 is prime: the largest divisor that
+# fits), and all 6 at once.
 @pytest.mark.parametrize("shared", [False, True])
-@pytest.mark.parametrize("channels, batch, fits", [(2, 4, 1), (8, 6, 2), (8, 5, 2), (8, 6, 6)])
-def test_cpu_im2col_equals_xla_to_second_order(channels, batch, fits, shared):
+@pytest.mark.parametrize(
+    "channels, filters, batch, fits",
+    [(2, 4, 4, 1), (1, 8, 4, 1), (8, 4, 6, 2), (8, 4, 5, 2), (8, 4, 6, 6)],
+)
+def test_cpu_im2col_equals_xla_to_second_order(channels, filters, batch, fits, shared):
     # im2col's CPU layouts (block_bytes): values, gradients and second-order gradients under
     # jit, against XLA's convolution differentiated by JAX, with per-task or shared kernels.
     with jax.enable_x64(True):
         rng = np.random.default_rng(1)
         x = rng.normal(size=(3, batch, 7, 6, channels))
-        kernels = rng.normal(size=(3, 3, channels, 4) if shared else (3, 3, 3, channels, 4))
+        shape = (3, 3, channels, filters)
+        kernels = rng.normal(size=shape if shared else (3, *shape))
         in_axes = (0, None if shared else 0)
         block = fits * 7 * 6 * 9 * channels * 8  # bytes of `fits` images' float64 patches
 
@@ -337,9 +342,10 @@ def test_max_pool_gradient_is_jaxs_own_at_ties_to_second_order(shape):
     with jax.enable_x64(True):
         rng = np.random.default_rng(0)
         x = rng.normal(size=shape)
-        x[0, :2, :2, 0] = 1.5
-        x[1, 2:4, 2, 1] = 0.7
         x = np.maximum(x, 0.0)
+        x[0, :2, :2, 0] = 1.5  # a window of four equal values
+        x[1, 2:4, 2:4, 1] = [[0.7, 0.1], [0.7, 0.1]]  # a tie between rows
+        x[1, 4:6, 4:6, 2] = [[0.9, 0.9], [0.2, 0.2]]  # a tie between columns
         g = rng.normal(size=sliced_max_pool(x).shape)
 
         def grad(pool):
@@ -352,8 +358,15 @@ def test_max_pool_gradient_is_jaxs_own_at_ties_to_second_order(shape):
 
         np.testing.assert_array_equal(conv4.max_pool2x2(x), sliced_max_pool(x))
         np.testing.assert_array_equal(grad(conv4.max_pool2x2), grad(sliced_max_pool))
-        # The four-way tie: each of the window's values gets a quarter of its gradient.
-        np.testing.assert_array_equal(grad(conv4.max_pool2x2)[0, :2, :2, 0], g[0, 0, 0, 0] / 4)
+        # Each tied value gets its share of the window's gradient.
+        dx = grad(conv4.max_pool2x2)
+        np.testing.assert_array_equal(dx[0, :2, :2, 0], g[0, 0, 0, 0] / 4)
+        np.testing.assert_array_equal(dx[1, 2:4, 2:4, 1], [[g[1, 1, 1, 1] / 2, 0]] * 2)
+        np.testing.assert_array_equal(dx[1, 4:6, 4:6, 2], [[g[1, 2, 2, 2] / 2] * 2, [0, 0]])
+        # A NaN: no gradient to any value of its window, as lax.max gives.
+        x[0, 2, 2, 0] = np.nan
+        np.testing.assert_array_equal(grad(conv4.max_pool2x2), grad(sliced_max_pool))
+        x[0, 2, 2, 0] = 0.0
         np.testing.assert_allclose(
             of_gradient(conv4.max_pool2x2), of_gradient(sliced_max_pool), rtol=1e-12
         )

@@ -240,10 +240,10 @@ def _shallow_conv(x: jax.Array, kernel: jax.Array, block_bytes: int) -> jax.Arra
     transposed order: the transposed patches are a ninth of its size (``C = 1``). A custom
     VJP rather than the transposed patches in the forward product too: there XLA's layout
     assignment lays them out untransposed again when the kernel is shared by the tasks of a
-    batch (ProtoNet's encoder), and runs the product on Eigen rather than YNNPACK. One
-    profile each (``scripts/profile_step.py ... --set trainer.task_chunk=1``), before and
-    after: max-pool ProtoNet 1,785 -> 1,725 ms a step, first-order MAML 1,454 -> 1,390,
-    second-order MAML 1,514 -> 1,506 (its per-task kernels kept the transposed layout).
+    batch (ProtoNet's encoder), and runs the product on Eigen rather than YNNPACK. Max-pool
+    ProtoNet 1,807 -> 1,593 ms a step, first-order MAML 1,175 -> 1,145 (``trainer.task_chunk=1``,
+    both steps compiled in one process and timed alternately, docs/speed.md); second-order
+    MAML level (its per-task kernels kept the transposed layout).
     Closed under differentiation, so second-order MAML differentiates through it; reverse
     mode only, as :func:`direct_conv3x3`. ``block_bytes`` is for the input gradient, a deep
     layer's convolution.
@@ -406,7 +406,8 @@ def max_pool2x2(x: jax.Array) -> jax.Array:
     transposes are padded copies of the input's size, two levels of them. Max-pool ProtoNet
     1,927 -> 1,788 ms a step (``protonet-omniglot-maxpool``, ``trainer.task_chunk=1``: both
     steps compiled in one process and timed alternately, 5 rounds of 4 steps, medians);
-    second-order MAML level (1,629 -> 1,547 and 1,303 -> 1,322 in two such runs).
+    second-order MAML level (1,629 -> 1,547 and 1,303 -> 1,322 in two such runs). Reverse
+    mode only, as :func:`direct_conv3x3` (``jax.jvp`` refuses a custom VJP).
     """
     height, width = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2
     x = x[:, :height, :width]
