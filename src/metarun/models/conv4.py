@@ -230,6 +230,7 @@ def im2col_conv3x3(
 _SHALLOW_CHANNELS = 8
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _shallow_conv(x: jax.Array, kernel: jax.Array, block_bytes: int) -> jax.Array:
     """A stride-1 layer on an image: im2col's product, whose kernel gradient multiplies the
     patches stored transposed, ``[9 C, pixels] @ [pixels, filters]``, the layouts both
@@ -248,7 +249,7 @@ def _shallow_conv(x: jax.Array, kernel: jax.Array, block_bytes: int) -> jax.Arra
     mode only, as :func:`direct_conv3x3`. ``block_bytes`` is for the input gradient, a deep
     layer's convolution.
     """
-    return _shallow(x, kernel, block_bytes)
+    return _shallow_product(x, kernel)
 
 
 def _shallow_product(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -257,29 +258,24 @@ def _shallow_product(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return out.reshape(n, height, width, -1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _shallow(x: jax.Array, kernel: jax.Array, block_bytes: int) -> jax.Array:
-    return _shallow_product(x, kernel)
-
-
-def _shallow_fwd(x, kernel, block_bytes):
+def _shallow_conv_fwd(x, kernel, block_bytes):
     return _shallow_product(x, kernel), (x, kernel)
 
 
-def _shallow_bwd(block_bytes, saved, g):
+def _shallow_conv_bwd(block_bytes, saved, g):
     x, kernel = saved
     # The input gradient is itself a stride-1 convolution, of g by the flipped kernel.
     dx = im2col_conv3x3(g, _flipped(kernel), 1, block_bytes)
     return dx, _shallow_kernel_grad(x, g, block_bytes)
 
 
-_shallow.defvjp(_shallow_fwd, _shallow_bwd)
+_shallow_conv.defvjp(_shallow_conv_fwd, _shallow_conv_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _shallow_kernel_grad(x: jax.Array, g: jax.Array, block_bytes: int) -> jax.Array:
     """``dW[i, j, c, f] = Σ_{n,h,w} x_pad[n, h+i, w+j, c] g[n, h, w, f]``, the kernel
-    gradient of ``_shallow(x, ·)`` at output gradient ``g``, with the patches transposed
+    gradient of ``_shallow_conv(x, ·)`` at output gradient ``g``, with the patches transposed
     (the barrier keeps XLA from folding the transpose into the product's dimensions)."""
     channels, filters = x.shape[-1], g.shape[-1]
     patches_t = jax.lax.optimization_barrier(_patches(x, 1).reshape(-1, 9 * channels).T)
@@ -293,7 +289,7 @@ def _shallow_kernel_grad_fwd(x, g, block_bytes):
 def _shallow_kernel_grad_bwd(block_bytes, saved, d):
     x, g = saved
     # Bilinear in (x, g), as _kernel_grad.
-    return im2col_conv3x3(g, _flipped(d), 1, block_bytes), _shallow(x, d, block_bytes)
+    return im2col_conv3x3(g, _flipped(d), 1, block_bytes), _shallow_conv(x, d, block_bytes)
 
 
 _shallow_kernel_grad.defvjp(_shallow_kernel_grad_fwd, _shallow_kernel_grad_bwd)
