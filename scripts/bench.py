@@ -282,6 +282,14 @@ def bench(
     }
 
 
+def append_lines(path: Path, rows: list[dict]) -> None:
+    """Append ``rows`` to ``path`` as JSON lines (the folder made if missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
 def default_steps(name: str) -> tuple[int, int]:
     """(timed, warm-up) steps: on 2 CPU cores a sinusoid step takes 40 µs, a second-order
     Conv-4 one seconds, a ResNet-12 one minutes."""
@@ -372,10 +380,7 @@ def main() -> None:
             f"| {r['gflop_per_task']:.3f} | {r['gflops']:,.1f} | {r['peak_fraction']:.1%} "
             f"| {r['temp_mib']:,.1f} | {peak_mib} |"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("a") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+    append_lines(args.out, rows)
     print()
     for r in rows:
         print(json.dumps(r))
