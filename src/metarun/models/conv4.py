@@ -153,8 +153,58 @@ class BatchStatNorm(nn.Module):
                 var_in + (mean_in - blended) ** 2
             )
             mean = blended
-        out = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+        if self.mode in ("transductive", "running") and self.training and not self.context_rows:
+            out = batch_norm(x32, scale, bias, self.epsilon)  # the same sums, a lighter gradient
+        else:
+            out = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
         return out.astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float) -> jax.Array:
+    """``(x − μ) / sqrt(σ² + ε) · scale + bias``, μ and σ² (biased) over all but the last axis.
+
+    Its gradient is BatchNorm's textbook one, ``dx = scale · r / N · (N g − Σ g − x̂ Σ g x̂)``
+    (``r = 1 / sqrt(σ² + ε)``, ``x̂ = (x − μ) r``): two reductions and one elementwise pass.
+    JAX's derivative of the forward keeps the paths through μ and σ² apart, a few more passes
+    over the activations: max-pool MAML 1,349 -> 1,151 ms a step, 5-shot 2,085 -> 1,994,
+    ProtoNet 1,545 -> 1,384, first-order MAML 1,118 -> 1,067, strided MAML 371 -> 332
+    (``trainer.task_chunk=1``, both steps compiled in one process and timed alternately,
+    docs/speed.md). The same function; the gradients equal up to rounding
+    (``tests/models/test_conv4.py``), to second order: the backward pass is plain JAX, which
+    second-order MAML differentiates. Reverse mode only, as :func:`max_pool2x2`.
+
+    :class:`BatchStatNorm` uses it where a batch is normalised with its own statistics; the
+    modes that normalise with other rows' statistics or running averages keep JAX's
+    derivative.
+    """
+    return _normalized(x, epsilon)[0] * scale + bias
+
+
+def _normalized(x, epsilon):
+    axes = tuple(range(x.ndim - 1))
+    mean, var = jnp.mean(x, axes), jnp.var(x, axes)
+    r = jax.lax.rsqrt(var + epsilon)
+    return (x - mean) * r, mean, r
+
+
+def _batch_norm_fwd(x, scale, bias, epsilon):
+    x_hat, mean, r = _normalized(x, epsilon)
+    return x_hat * scale + bias, (x, mean, r, scale)
+
+
+def _batch_norm_bwd(epsilon, saved, g):
+    x, mean, r, scale = saved
+    axes = tuple(range(x.ndim - 1))
+    n = x.size // x.shape[-1]
+    x_hat = (x - mean) * r
+    d_bias = jnp.sum(g, axes)
+    d_scale = jnp.sum(g * x_hat, axes)
+    dx = (scale * r / n) * (n * g - d_bias - x_hat * d_scale)
+    return dx, d_scale, d_bias
+
+
+batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
 
 
 def resolve_conv(conv: str) -> str:
