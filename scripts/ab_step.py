@@ -95,20 +95,19 @@ def main() -> None:
         median = statistics.median(seconds)
         meta_batch = p.config.trainer.meta_batch
         ratios = [a / b for a, b in zip(first, per_round(seconds), strict=True)]
-        rows.append(
-            {
-                "workload": args.workload,
-                "common": args.overrides,
-                "variant": v,
-                "sec_per_step": median,
-                "tasks_per_sec": round(meta_batch / median, 2),
-                "gflop_per_task": p.flops / meta_batch / 1e9,
-                "speed_vs_first_by_round": [round(r, 3) for r in ratios],
-            }
-        )
+        row = {
+            "workload": args.workload,
+            "common": args.overrides,
+            "variant": v,
+            "sec_per_step": median,
+            "tasks_per_sec": meta_batch / median,
+            "gflop_per_task": p.flops / meta_batch / 1e9,
+            "speed_vs_first_by_round": [round(r, 3) for r in ratios],
+        }
+        rows.append(row)
         print(
-            f"| {' '.join(v) or '(none)'} | {1e3 * median:,.0f} | {meta_batch / median:,.1f} "
-            f"| {p.flops / meta_batch / 1e9:.3g} | {' / '.join(f'{r:.2f}x' for r in ratios)} |"
+            f"| {' '.join(v) or '(none)'} | {1e3 * median:,.0f} | {row['tasks_per_sec']:,.1f} "
+            f"| {row['gflop_per_task']:.3g} | {' / '.join(f'{r:.2f}x' for r in ratios)} |"
         )
     append_lines(args.out, rows)
 
